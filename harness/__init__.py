@@ -1,0 +1,1 @@
+"""Build, package and verify the NeonVM guest kernel."""

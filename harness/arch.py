@@ -1,0 +1,109 @@
+"""The per-architecture table: every architecture-specific fact lives here and nowhere else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnsupportedArch
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str  # the project's name: amd64 / arm64
+    aliases: tuple[str, ...]
+    make_arch: str  # make ARCH=
+    srcarch: str  # arch/<srcarch>/ in the tree
+    cross_compile: str  # make CROSS_COMPILE= ("" for native)
+    config_name: str  # configs/linux-config-<config_name>-<version>
+    image_target: str  # make target that builds the boot image
+    image_path: str  # path of that image under the build directory
+    gnu_triplet: str  # for compilers, busybox packages and perf
+    debian_arch: str  # Debian architecture name (busybox-static download)
+    elf_machine: int  # e_machine in the ELF header (EM_X86_64=62, EM_AARCH64=183)
+    elf_machine_name: str
+    qemu_binary: str
+    qemu_machine: str
+    qemu_cpu_tcg: str
+    qemu_cpu_kvm: str
+    console: str  # kernel console= device
+    firmware: str | None  # -bios for the machine (None: QEMU's default)
+    kernel_cmdline_extra: tuple[str, ...]
+    cpu_hotplug_qmp: bool  # the runner hot-plugs vCPUs through QMP device_add (amd64) ...
+    cpu_hotplug_sysfs: bool  # ... or scales them through sysfs online/offline
+    acpi_dimm: bool  # ACPI pc-dimm memory hotplug
+    boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
+    boot_timeout_kvm: int
+
+    @property
+    def cross_gcc(self) -> str:
+        return f"{self.cross_compile}gcc"
+
+    def make_vars(self) -> list[str]:
+        out = [f"ARCH={self.make_arch}"]
+        if self.cross_compile:
+            out.append(f"CROSS_COMPILE={self.cross_compile}")
+        return out
+
+
+ARCHES: dict[str, Arch] = {
+    "amd64": Arch(
+        name="amd64",
+        aliases=("x86_64", "x86"),
+        make_arch="x86_64",
+        srcarch="x86",
+        cross_compile="",
+        config_name="amd64",
+        image_target="bzImage",
+        image_path="arch/x86/boot/bzImage",
+        gnu_triplet="x86_64-linux-gnu",
+        debian_arch="amd64",
+        elf_machine=62,
+        elf_machine_name="x86-64",
+        qemu_binary="qemu-system-x86_64",
+        qemu_machine="q35",
+        qemu_cpu_tcg="qemu64",
+        qemu_cpu_kvm="host",
+        console="ttyS0",
+        firmware=None,
+        kernel_cmdline_extra=("earlyprintk=ttyS0",),
+        cpu_hotplug_qmp=True,
+        cpu_hotplug_sysfs=True,
+        acpi_dimm=True,
+        boot_timeout_tcg=60,
+        boot_timeout_kvm=20,
+    ),
+    "arm64": Arch(
+        name="arm64",
+        aliases=("aarch64", "arm64v8"),
+        make_arch="arm64",
+        srcarch="arm64",
+        cross_compile="aarch64-linux-gnu-",
+        config_name="aarch64",
+        image_target="Image",
+        image_path="arch/arm64/boot/Image",
+        gnu_triplet="aarch64-linux-gnu",
+        debian_arch="arm64",
+        elf_machine=183,
+        elf_machine_name="AArch64",
+        qemu_binary="qemu-system-aarch64",
+        qemu_machine="virt",
+        qemu_cpu_tcg="max",
+        qemu_cpu_kvm="host",
+        console="ttyAMA0",
+        firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+        kernel_cmdline_extra=("acpi=on",),
+        cpu_hotplug_qmp=False,
+        cpu_hotplug_sysfs=True,
+        acpi_dimm=False,
+        boot_timeout_tcg=150,
+        boot_timeout_kvm=30,
+    ),
+}
+
+
+def get_arch(name: str) -> Arch:
+    key = name.strip().lower()
+    for arch in ARCHES.values():
+        if key == arch.name or key in arch.aliases:
+            return arch
+    known = ", ".join(sorted(ARCHES))
+    raise UnsupportedArch(f"unknown architecture {name!r} (known: {known})", step="arch")

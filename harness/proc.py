@@ -1,0 +1,212 @@
+"""The one subprocess wrapper.
+
+Every external command goes through :func:`run`: the quoted argv is logged, all output is appended
+to a per-step log file, a deadline is honoured, and failure raises a typed error naming the step and
+the log. Long steps can report progress through a callback that sees each output line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import CommandFailed, CommandTimeout, ToolMissing
+
+LOG = logging.getLogger(__name__)
+
+
+def quote(argv: Iterable[str]) -> str:
+    return shlex.join(str(a) for a in argv)
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    log: Path
+    duration: float
+    tail: list[str]
+
+
+def require_tool(name: str, *, step: str, hint: str = "") -> str:
+    """Return the path of ``name`` or raise ToolMissing naming the step."""
+    path = shutil.which(name)
+    if not path:
+        msg = f"required program {name!r} not found on PATH"
+        if hint:
+            msg += f"; {hint}"
+        raise ToolMissing(msg, step=step)
+    return path
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    step: str,
+    log: Path,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+    check: bool = True,
+    input_text: str | None = None,
+    tail_lines: int = 20,
+) -> Result:
+    """Run ``argv``, appending its output to ``log``.
+
+    Raises CommandFailed (non-zero exit) or CommandTimeout (deadline passed; the process group is
+    killed). With ``check=False`` a non-zero exit is returned instead of raised.
+    """
+    argv = [str(a) for a in argv]
+    require_tool(argv[0], step=step) if os.sep not in argv[0] else None
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    LOG.info("[%s] $ %s", step, quote(argv))
+    tail: list[str] = []
+    start = time.monotonic()
+    with open(log, "a", encoding="utf-8", errors="replace") as fh:
+        fh.write(f"\n### step {step}: $ {quote(argv)}\n")
+        if cwd:
+            fh.write(f"### cwd: {cwd}\n")
+        fh.flush()
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def _kill() -> None:
+            timed_out.set()
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, _kill) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            if input_text is not None:
+                assert proc.stdin is not None
+                proc.stdin.write(input_text)
+                proc.stdin.close()
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                fh.write(line)
+                tail.append(line.rstrip("\n"))
+                if len(tail) > tail_lines:
+                    del tail[0]
+                if on_line:
+                    on_line(line)
+            proc.wait()
+        except BaseException:
+            _kill()
+            proc.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+        duration = time.monotonic() - start
+        fh.write(f"### exit {proc.returncode} after {duration:.1f}s\n")
+    result = Result(argv, proc.returncode, log, duration, tail)
+    if timed_out.is_set():
+        raise CommandTimeout(
+            f"{Path(argv[0]).name} timed out after {timeout:.0f}s", step=step, log=log,
+            returncode=proc.returncode, argv=argv,
+        )
+    if check and proc.returncode != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        raise CommandFailed(
+            f"{Path(argv[0]).name} exited {proc.returncode}" + (f": {last.strip()[:200]}" if last else ""),
+            step=step, log=log, returncode=proc.returncode, argv=argv,
+        )
+    return result
+
+
+def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: float = 60) -> str:
+    """Run a short command and return its stdout (for version queries and the like)."""
+    argv = [str(a) for a in argv]
+    require_tool(argv[0], step=step) if os.sep not in argv[0] else None
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    LOG.debug("[%s] $ %s", step, quote(argv))
+    try:
+        cp = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandTimeout(f"{quote(argv)} timed out after {timeout}s", step=step, argv=argv) from exc
+    if cp.returncode != 0:
+        raise CommandFailed(
+            f"{quote(argv)} exited {cp.returncode}: {cp.stderr.strip()[-200:]}", step=step,
+            returncode=cp.returncode, argv=argv,
+        )
+    return cp.stdout
+
+
+class Progress:
+    """A one-line live progress display for long steps.
+
+    On a terminal the line is redrawn in place; elsewhere (CI logs) a line is printed every
+    ``interval`` seconds so that a long step is visibly alive without flooding the log.
+    """
+
+    def __init__(self, label: str, *, stream=None, interval: float = 30.0):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval if not self.tty else 0.5
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.count = 0
+        self.detail = ""
+
+    def elapsed(self) -> str:
+        secs = int(time.monotonic() - self.start)
+        return f"{secs // 60}m{secs % 60:02d}s"
+
+    def tick(self, detail: str = "", n: int = 1) -> None:
+        self.count += n
+        if detail:
+            self.detail = detail
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        text = f"{self.label}: {self.count} done, {self.elapsed()}"
+        if self.detail:
+            text += f"  {self.detail[:60]}"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self, summary: str = "") -> None:
+        text = f"{self.label}: {summary or f'{self.count} done'} in {self.elapsed()}"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + "\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
