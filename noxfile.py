@@ -1,0 +1,116 @@
+"""Sessions for building, packaging and verifying the NeonVM guest kernel.
+
+Run through ./bootstrap (which installs the host packages and the project's virtualenv), e.g.
+``./bootstrap nox -s build-amd64``. Sessions run in that environment (the libguestfs bindings exist
+only for Debian's /usr/bin/python3) and hand the work to ``python -m harness``.
+"""
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+ARCHES = ("amd64", "arm64")
+
+
+def _harness(session: nox.Session, *args: str) -> None:
+    session.run("python", "-m", "harness", *args, external=True)
+
+
+def _arch_arg(session: nox.Session, usage: str) -> tuple[str, list[str]]:
+    if not session.posargs or session.posargs[0] not in ARCHES:
+        session.error(f"usage: nox -s {session.name} -- {{amd64|arm64}} {usage}".rstrip())
+    return session.posargs[0], list(session.posargs[1:])
+
+
+@nox.session(name="tests")
+def tests(session: nox.Session) -> None:
+    """Run the test suite: unit tests, then the smoke kernel built, imaged, inspected and booted."""
+    session.run("python", "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session(name="unit")
+def unit(session: nox.Session) -> None:
+    """Run only the fast unit tests."""
+    session.run("python", "-m", "pytest", "tests/unit", *session.posargs, external=True)
+
+
+@nox.session(name="build-amd64")
+def build_amd64(session: nox.Session) -> None:
+    """Build the amd64 kernel (bzImage), its tools.img, and a manifest, into out/amd64."""
+    _harness(session, "build", "--arch", "amd64", "--tools", *session.posargs)
+
+
+@nox.session(name="build-arm64")
+def build_arm64(session: nox.Session) -> None:
+    """Cross-build the arm64 kernel (Image), its tools.img, and a manifest, into out/arm64."""
+    _harness(session, "build", "--arch", "arm64", "--tools", *session.posargs)
+
+
+@nox.session(name="audit")
+def audit(session: nox.Session) -> None:
+    """Audit the committed configs: every requested option present, and current with the fragments."""
+    _harness(session, "audit", *session.posargs)
+
+
+@nox.session(name="update-configs")
+def update_configs(session: nox.Session) -> None:
+    """Re-resolve the committed per-arch configs from the fragments and show what changed."""
+    _harness(session, "update-configs", *session.posargs)
+
+
+@nox.session(name="upgrade")
+def upgrade(session: nox.Session) -> None:
+    """Move the pin to a new kernel version: -- VERSION --debian-version V | --sha256 SHA."""
+    if not session.posargs:
+        session.error("usage: nox -s upgrade -- VERSION (--debian-version DEBVER | --sha256 SHA)")
+    _harness(session, "upgrade", *session.posargs)
+
+
+@nox.session(name="tools-amd64")
+def tools_amd64(session: nox.Session) -> None:
+    """(Re)build tools.img for the built amd64 kernel."""
+    _harness(session, "tools", "--arch", "amd64", *session.posargs)
+
+
+@nox.session(name="tools-arm64")
+def tools_arm64(session: nox.Session) -> None:
+    """(Re)build tools.img for the built arm64 kernel."""
+    _harness(session, "tools", "--arch", "arm64", *session.posargs)
+
+
+@nox.session(name="inspect-tools")
+def inspect_tools(session: nox.Session) -> None:
+    """Inspect tools.img with libguestfs: -- ARCH [ARCH ...] [--variant V]."""
+    if not session.posargs or session.posargs[0] not in ARCHES:
+        session.error("usage: nox -s inspect-tools -- {amd64|arm64} [arm64] [--variant V]")
+    _harness(session, "inspect-tools", *session.posargs)
+
+
+@nox.session(name="boot-test")
+def boot_test(session: nox.Session) -> None:
+    """Boot the built kernel under QEMU and check hotplug, ptp_kvm and tools.img: -- ARCH [opts]."""
+    arch, rest = _arch_arg(session, "[--dry-run] [--accel auto|kvm|tcg] [--only CHECK ...]")
+    _harness(session, "boot-test", arch, *rest)
+
+
+@nox.session(name="release")
+def release(session: nox.Session) -> None:
+    """The release gate: build, verify and package both arches; results in out/release.json."""
+    _harness(session, "release", *session.posargs)
+
+
+@nox.session(name="bench-build")
+def bench_build(session: nox.Session) -> None:
+    """Benchmark the build: harness overhead vs plain make, warm-ccache rebuild, no-op rebuild."""
+    session.run("python", "-m", "harness.bench_build", *session.posargs, external=True)
+
+
+@nox.session(name="bench-tools")
+def bench_tools(session: nox.Session) -> None:
+    """Benchmark tools.img inspection against a bare libguestfs launch."""
+    session.run("python", "-m", "harness.bench_tools", *session.posargs, external=True)
+
+
+@nox.session(name="bench-boot")
+def bench_boot(session: nox.Session) -> None:
+    """Benchmark the boot test and boot-to-shell time against Debian's generic kernel."""
+    session.run("python", "-m", "harness.bench_boot", *session.posargs, external=True)
