@@ -6,9 +6,9 @@ import re
 import sys
 from pathlib import Path
 
-from . import kconfig, proc, source, tree
+from . import kconfig, source, tree
 from .arch import Arch
-from .errors import ConfigAuditFailed, InvalidArgument, SourceMissing
+from .errors import InvalidArgument, SourceMissing
 from .layout import atomic_write_text, cache_root, sha256_file
 from .patches import Series
 

@@ -188,7 +188,7 @@ def from_kernelorg(pin: Pin, version: str, sha256: str | None, log: Path) -> Sou
     final = dl / f"linux-{version}.tar.xz"
     if final.exists():
         try:
-            sha = _check_sha(final, expected, "cached download")
+            _check_sha(final, expected, "cached download")
         except ChecksumMismatch:
             LOG.warning("[%s] cached %s does not match; downloading again", STEP, final)
             final.chmod(0o644)
@@ -197,7 +197,7 @@ def from_kernelorg(pin: Pin, version: str, sha256: str | None, log: Path) -> Sou
         part = dl / f".linux-{version}.tar.xz.{os.getpid()}.part"
         _download(url, part)
         try:
-            sha = _check_sha(part, expected, f"download of {url}")
+            _check_sha(part, expected, f"download of {url}")
         except ChecksumMismatch:
             part.unlink(missing_ok=True)
             raise

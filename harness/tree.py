@@ -47,7 +47,11 @@ def prepare(source: Source, series: Series, *, log: Path) -> Path:
             LOG.info("[%s] unpacking %s", STEP, source.path)
             proc.run(["tar", "-xf", source.path, "-C", tmp, "--strip-components=1"],
                      step=STEP, log=log, timeout=1800)
-            found = tarball_version_from_makefile((tmp / "Makefile").read_text())
+            makefile = tmp / "Makefile"
+            if not makefile.is_file():
+                raise SourceVersionMismatch(f"{source.path} is not a kernel source tarball (no top-level "
+                                            "Makefile)", step=STEP, log=log)
+            found = tarball_version_from_makefile(makefile.read_text())
             if found != source.version:
                 raise SourceVersionMismatch(
                     f"{source.path} contains linux {found}, not the requested {source.version}",
