@@ -32,6 +32,9 @@ class Arch:
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
     boot_timeout_kvm: int
+    # tools image: extra make flags for the static perf, and (feature, why it is off) pairs
+    perf_make_flags: tuple[str, ...] = ()
+    perf_disabled: tuple[tuple[str, str], ...] = ()
 
     @property
     def cross_gcc(self) -> str:
@@ -96,6 +99,10 @@ ARCHES: dict[str, Arch] = {
         acpi_dimm=False,
         boot_timeout_tcg=150,
         boot_timeout_kvm=30,
+        # Debian installs only libc as a static library for the aarch64 cross toolchain.
+        perf_make_flags=("NO_LIBELF=1",),
+        perf_disabled=(("libelf", "NO_LIBELF=1: no static libelf for aarch64 on the build host (no symbol "
+                                  "resolution from ELF files, no perf probe, no BPF)"),),
     ),
 }
 
