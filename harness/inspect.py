@@ -1,0 +1,453 @@
+"""Inspection of tools images with libguestfs: one appliance launch for every image given.
+
+Every finding is a named check (pass/fail + reason) in OUT/inspect/results.json and results.xml.
+Expectations come from the kernel build (OUT/manifest.json, OUT/config) and from the image build
+(OUT/tools-manifest.json, OUT/tools-files.sha256), never from the image itself.
+
+An appliance that cannot launch is an InfraError naming the step and the log that holds
+libguestfs's trace and verbose output; a wrong image is a set of failed checks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from . import elf, report
+from .arch import Arch, get_arch
+from .errors import InfraError
+from .layout import sha256_file
+from .report import CheckResult
+from .toolsimage import (FILES_NAME, FS_LABEL, FS_TOP_LEVEL_EXTRA, IMAGE_NAME, MANIFEST_NAME, PARTITION_TABLE,
+                         TOP_LEVEL)
+
+LOG = logging.getLogger(__name__)
+
+# Appliance settings (see harness/bench_tools.py for the figures behind them).
+APPLIANCE_MEMSIZE = 512  # MiB; the inspection reads a few files, the default 1280 only costs boot time
+APPLIANCE_SMP = 1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+# -- what an image must look like ------------------------------------------------------------------
+@dataclass
+class Expectation:
+    """What one OUT directory's image must contain, read from the kernel and image builds."""
+
+    arch: Arch
+    out_dir: Path
+    image: Path
+    kernelrelease: str | None
+    config: bytes | None
+    image_manifest: dict | None
+    checksums: dict[str, str] | None  # ./path -> sha256
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, arch: Arch, out_dir: Path) -> "Expectation":
+        out_dir = Path(out_dir)
+        problems = []
+        release = None
+        manifest = out_dir / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text())
+            release = data.get("kernelrelease")
+            if data.get("arch") not in (None, arch.name):
+                problems.append(f"{manifest} is for {data.get('arch')}, not {arch.name}")
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"cannot read {manifest}: {exc}")
+        config = None
+        try:
+            config = (out_dir / "config").read_bytes()
+        except OSError as exc:
+            problems.append(f"cannot read the kernel's config: {exc}")
+        image_manifest = None
+        if (out_dir / MANIFEST_NAME).is_file():
+            image_manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+        checksums = None
+        if (out_dir / FILES_NAME).is_file():
+            checksums = parse_checksums((out_dir / FILES_NAME).read_text())
+        return cls(arch=arch, out_dir=out_dir, image=out_dir / IMAGE_NAME, kernelrelease=release,
+                   config=config, image_manifest=image_manifest, checksums=checksums, problems=problems)
+
+    def required_paths(self) -> list[tuple[str, str]]:
+        """(path, kind) that must exist; kind is file, dir or symlink."""
+        rel = self.kernelrelease or "?"
+        mod = f"/lib/modules/{rel}"
+        b = f"{mod}/build"
+        return [
+            ("/bin/perf", "file"),
+            ("/include/linux/perf_event.h", "file"),
+            (f"/include/asm/unistd.h", "file"),
+            (f"{mod}/modules.dep", "file"),
+            (f"{mod}/kernel/kernel/kheaders.ko.zst", "file"),
+            (f"{b}/.config", "file"),
+            (f"{b}/Makefile", "file"),
+            (f"{b}/Module.symvers", "file"),
+            (f"{b}/include/linux/module.h", "file"),
+            (f"{b}/include/generated/autoconf.h", "file"),
+            (f"{b}/include/config/kernel.release", "file"),
+            (f"{b}/arch/{self.arch.srcarch}/include", "dir"),
+            (f"{b}/scripts/Makefile.build", "file"),
+            (f"{b}/scripts/mod/modpost", "file"),
+            (f"{b}/scripts/basic/fixdep", "file"),
+            (f"{b}/usr/include", "symlink"),
+        ]
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.strip():
+            digest, path = line.split(None, 1)
+            path = path.strip()
+            out[path if path.startswith("./") else "./" + path.lstrip("/")] = digest
+    return out
+
+
+def compare_checksums(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """Human-readable differences, most useful first."""
+    problems = []
+    for path, digest in expected.items():
+        if path not in actual:
+            problems.append(f"missing {path[2:]}")
+        elif actual[path] != digest:
+            problems.append(f"content of {path[2:]} differs")
+    problems += [f"unexpected {p[2:]}" for p in sorted(set(actual) - set(expected))
+                 if not p.startswith("./lost+found/")]
+    return problems
+
+
+# -- the appliance ------------------------------------------------------------------------------------
+def _backend_settings() -> list[str]:
+    """force_tcg unless the host's KVM can run a stock kernel (the appliance runs host-arch)."""
+    if os.environ.get("LIBGUESTFS_BACKEND_SETTINGS"):
+        return os.environ["LIBGUESTFS_BACKEND_SETTINGS"].split(":")
+    from .vm import kvm_unusable_reason
+
+    try:
+        host = get_arch(platform.machine())
+    except Exception:  # an unknown host arch: let libguestfs decide
+        return []
+    return ["force_tcg"] if kvm_unusable_reason(host) else []
+
+
+def open_appliance(drives: list[Path], *, log: Path, memsize: int | None = APPLIANCE_MEMSIZE,
+                   smp: int | None = APPLIANCE_SMP, verbose: bool = True, cachedir: Path | None = None):
+    """Launch one libguestfs appliance with every drive attached read-only; return the handle.
+
+    The trace and (with ``verbose``) the appliance's console go to ``log``."""
+    import guestfs
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log, "w", encoding="utf-8", errors="replace")
+    g = guestfs.GuestFS(python_return_dict=True)
+    g._harness_log = fh  # closed with the handle (close_appliance)
+
+    def on_event(event, _handle, buf, array):
+        text = buf.decode(errors="replace") if isinstance(buf, bytes) else str(buf)
+        if event == guestfs.EVENT_TRACE:
+            fh.write(f"[trace] {text}\n")
+        else:
+            fh.write(text if text.endswith("\n") else text + "\n")
+        fh.flush()
+
+    g.set_event_callback(on_event, guestfs.EVENT_APPLIANCE | guestfs.EVENT_LIBRARY | guestfs.EVENT_WARNING
+                         | guestfs.EVENT_TRACE)
+    g.set_trace(1)
+    g.set_verbose(1 if verbose else 0)
+    g.set_backend("direct" if not os.environ.get("LIBGUESTFS_BACKEND") else os.environ["LIBGUESTFS_BACKEND"])
+    settings = _backend_settings()
+    if settings:
+        g.set_backend_settings(settings)
+    if memsize:
+        g.set_memsize(memsize)
+    if smp:
+        g.set_smp(smp)
+    if cachedir:
+        g.set_cachedir(str(cachedir))
+    g.set_recovery_proc(False)
+    fh.write(f"# libguestfs {g.version()} backend={g.get_backend()} settings={settings} "
+             f"memsize={g.get_memsize()} smp={g.get_smp()} drives={[str(d) for d in drives]}\n")
+    try:
+        for d in drives:
+            g.add_drive_opts(str(d), readonly=True, format="raw")
+        start = time.monotonic()
+        g.launch()
+        fh.write(f"# launched in {time.monotonic() - start:.1f}s\n")
+        fh.flush()
+    except RuntimeError as exc:
+        close_appliance(g)
+        raise InfraError(f"libguestfs appliance did not launch: {str(exc).splitlines()[0][:200]}",
+                         step="inspect-launch", log=log) from exc
+    return g
+
+
+def close_appliance(g) -> None:
+    try:
+        g.shutdown()
+    except RuntimeError:
+        pass
+    g.close()
+    fh = getattr(g, "_harness_log", None)
+    if fh:
+        fh.close()
+
+
+# -- the checks -------------------------------------------------------------------------------------------
+class Checker:
+    """Runs the named checks of one image on a launched handle; collects CheckResults."""
+
+    def __init__(self, g, exp: Expectation, device: str, *, tmpdir: Path):
+        self.g, self.exp, self.device, self.tmpdir = g, exp, device, tmpdir
+        self.results: list[CheckResult] = []
+        self.fs_device: str | None = None
+        self.mounted = False
+
+    def check(self, name: str, fn: Callable[[], tuple[bool, str, dict] | tuple[bool, str]],
+              *, needs_mount: bool = False) -> bool:
+        start = time.monotonic()
+        if needs_mount and not self.mounted:
+            res = CheckResult(name, "fail", "not checked: the filesystem could not be mounted")
+        else:
+            try:
+                out = fn()
+                ok, reason = out[0], out[1]
+                evidence = out[2] if len(out) > 2 else {}
+                res = CheckResult(name, "pass" if ok else "fail", reason, evidence=evidence)
+            except RuntimeError as exc:  # a guestfs call failed: the image is not what it must be
+                res = CheckResult(name, "fail", f"{str(exc).splitlines()[0][:300]}")
+            except elf.InvalidElf as exc:
+                res = CheckResult(name, "fail", f"/bin/perf: {exc}")
+        res.duration = time.monotonic() - start
+        self.results.append(res)
+        return res.status == "pass"
+
+    # host-side checks ---------------------------------------------------------------------------------
+    def inputs(self):
+        if self.exp.problems:
+            return False, "; ".join(self.exp.problems)
+        return True, f"kernelrelease {self.exp.kernelrelease}, config {len(self.exp.config or b'')} bytes"
+
+    def image_file(self):
+        img = self.exp.image
+        size = img.stat().st_size
+        if size % 512:
+            return False, f"{img.name} is {size} bytes, not a whole number of sectors (truncated?)"
+        m = self.exp.image_manifest
+        if not m:
+            return False, f"no {MANIFEST_NAME} beside {img.name}: the image build did not finish"
+        want = m.get("image", {})
+        if want.get("size") != size:
+            return False, f"{img.name} is {size} bytes but the build wrote {want.get('size')} (truncated or replaced)"
+        digest = sha256_file(img)
+        if want.get("sha256") != digest:
+            return False, f"{img.name} sha256 {digest[:16]} differs from the build's {str(want.get('sha256'))[:16]}"
+        return True, f"{size} bytes, sha256 matches {MANIFEST_NAME}", {"sha256": digest}
+
+    # block-level checks ----------------------------------------------------------------------------------
+    def partition_table(self):
+        try:
+            kind = self.g.part_get_parttype(self.device)
+        except RuntimeError as exc:
+            return False, f"no partition table ({str(exc).splitlines()[0][:120]}); expected {PARTITION_TABLE}"
+        return kind == PARTITION_TABLE, f"partition table is {kind}" + (
+            "" if kind == PARTITION_TABLE else f", expected {PARTITION_TABLE}")
+
+    def partitions(self):
+        parts = [p for p in self.g.list_partitions() if p.startswith(self.device)
+                 and p[len(self.device):].isdigit()]
+        if parts:
+            self.fs_device = parts[0]
+        else:
+            self.fs_device = self.device
+        if len(parts) != 1:
+            return False, f"{len(parts)} partitions, expected exactly one", {"partitions": parts}
+        size = self.g.blockdev_getsize64(self.device)
+        plist = self.g.part_list(self.device)
+        end = max(p["part_end"] for p in plist) + 1
+        if end > size:
+            return False, f"the partition ends at byte {end} beyond the {size}-byte disk (truncated image)"
+        return True, f"one partition ({parts[0]}, {plist[0]['part_size']} bytes)"
+
+    def filesystem(self):
+        kind = self.g.vfs_type(self.fs_device)
+        return kind == "ext4", f"filesystem is {kind or 'none'}" + ("" if kind == "ext4" else ", expected ext4")
+
+    def label(self):
+        label = self.g.vfs_label(self.fs_device)
+        return label == FS_LABEL, f"label is {label!r}" + ("" if label == FS_LABEL else f", expected {FS_LABEL!r}")
+
+    def fs_size(self):
+        if self.g.vfs_type(self.fs_device) not in ("ext2", "ext3", "ext4"):
+            return False, f"no ext4 superblock on {self.fs_device} to size"
+        info = self.g.tune2fs_l(self.fs_device)
+        fs_bytes = int(info["Block count"]) * int(info["Block size"])
+        dev_bytes = self.g.blockdev_getsize64(self.fs_device)
+        if fs_bytes > dev_bytes:
+            return False, f"filesystem needs {fs_bytes} bytes but its device has {dev_bytes} (truncated)"
+        return True, f"{fs_bytes} bytes in a {dev_bytes}-byte device"
+
+    def mount(self):
+        self.g.umount_all()
+        self.g.mount_ro(self.fs_device, "/")
+        self.mounted = True
+        return True, f"mounted {self.fs_device} read-only"
+
+    # tree checks ------------------------------------------------------------------------------------------
+    def top_level(self):
+        names = set(self.g.ls("/"))
+        allowed = set(TOP_LEVEL) | set(FS_TOP_LEVEL_EXTRA)
+        unexpected = sorted(names - allowed)
+        missing = sorted(set(TOP_LEVEL) - names)
+        problems = [f"unexpected {', '.join(unexpected)}"] if unexpected else []
+        problems += [f"missing {', '.join(missing)}"] if missing else []
+        return not problems, "; ".join(problems) or f"top level is {', '.join(sorted(names))}"
+
+    def tree(self):
+        missing = []
+        for path, kind in self.exp.required_paths():
+            test = {"file": self.g.is_file, "dir": self.g.is_dir, "symlink": self.g.is_symlink}[kind]
+            if not test(path):
+                missing.append(f"{path} ({kind})")
+        if missing:
+            what = "headers tree" if any("/build/" in m for m in missing) else "tree"
+            return False, f"{what} incomplete: missing {', '.join(missing[:5])}" + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""), {"missing": missing}
+        return True, f"all {len(self.exp.required_paths())} expected paths present"
+
+    def kernelrelease(self):
+        want = self.exp.kernelrelease
+        releases = self.g.ls("/lib/modules") if self.g.is_dir("/lib/modules") else []
+        if releases != [want]:
+            return False, f"lib/modules holds {releases or 'nothing'}, expected exactly [{want}] (release mismatch)"
+        path = f"/lib/modules/{want}/build/include/config/kernel.release"
+        if not self.g.is_file(path):
+            return False, f"{path} missing"
+        got = self.g.read_file(path).decode(errors="replace").strip()
+        if got != want:
+            return False, f"build/include/config/kernel.release says {got!r}, the kernel is {want!r} (release mismatch)"
+        return True, f"kernelrelease {want}"
+
+    def perf_elf(self):
+        path = "/bin/perf"
+        if not self.g.is_file(path):
+            return False, f"{path} missing"
+        size = self.g.filesize(path)
+        info = elf.parse(lambda off, n: self.g.pread(path, n, off), size)
+        arch = self.exp.arch
+        problems = []
+        if info.e_machine != arch.elf_machine:
+            problems.append(f"e_machine {info.e_machine}, expected {arch.elf_machine} ({arch.elf_machine_name}): "
+                            f"perf for the wrong arch")
+        if info.elf_class != 2:
+            problems.append("not a 64-bit ELF")
+        if info.interpreter is not None:
+            problems.append(f"dynamically linked: PT_INTERP {info.interpreter}")
+        if info.needed_count:
+            problems.append(f"dynamically linked: {info.needed_count} DT_NEEDED entries")
+        ev = {"e_machine": info.e_machine, "interpreter": info.interpreter, "needed": info.needed_count,
+              "size": size}
+        if problems:
+            return False, "/bin/perf: " + "; ".join(problems), ev
+        return True, f"static {arch.elf_machine_name} ELF, {size} bytes", ev
+
+    def config(self):
+        path = f"/lib/modules/{self.exp.kernelrelease}/build/.config"
+        if not self.g.is_file(path):
+            return False, f"{path} missing"
+        got = self.g.read_file(path)
+        if got != self.exp.config:
+            return False, f"build/.config ({len(got)} bytes) differs from the kernel's config ({len(self.exp.config or b'')} bytes)"
+        return True, f"build/.config identical to the kernel's ({len(got)} bytes)"
+
+    def kheaders(self):
+        path = f"/lib/modules/{self.exp.kernelrelease}/kernel/kernel/kheaders.ko.zst"
+        if not self.g.is_file(path):
+            return False, f"{path} missing"
+        size = self.g.filesize(path)
+        head = self.g.pread(path, 4, 0)
+        if head != ZSTD_MAGIC:
+            return False, f"kheaders.ko.zst is not zstd data (starts {head.hex()})"
+        return True, f"kheaders.ko.zst, {size} bytes of zstd"
+
+    def contents(self):
+        if self.exp.checksums is None:
+            return False, f"no {FILES_NAME} beside the image: the image build did not finish"
+        out = self.tmpdir / f"{self.device.rsplit('/', 1)[-1]}.sha256"
+        self.g.checksums_out("sha256", "/", str(out))
+        actual = parse_checksums(out.read_text())
+        problems = compare_checksums(self.exp.checksums, actual)
+        if problems:
+            return False, f"{len(problems)} differences from {FILES_NAME}: {'; '.join(problems[:3])}", {
+                "differences": problems[:50]}
+        return True, f"all {len(actual)} files match {FILES_NAME}"
+
+    def run_all(self) -> list[CheckResult]:
+        self.check("inputs", self.inputs)
+        self.check("image-file", self.image_file)
+        self.check("partition-table", self.partition_table)
+        self.check("partition-count", self.partitions)
+        if self.fs_device is None:
+            self.fs_device = self.device
+        self.check("filesystem-type", self.filesystem)
+        self.check("filesystem-label", self.label)
+        self.check("filesystem-size", self.fs_size)
+        self.check("mount", self.mount)
+        self.check("top-level", self.top_level, needs_mount=True)
+        self.check("tree", self.tree, needs_mount=True)
+        self.check("kernelrelease", self.kernelrelease, needs_mount=True)
+        self.check("perf-static-elf", self.perf_elf, needs_mount=True)
+        self.check("config", self.config, needs_mount=True)
+        self.check("kheaders", self.kheaders, needs_mount=True)
+        self.check("contents", self.contents, needs_mount=True)
+        if self.mounted:
+            self.g.umount_all()
+        return self.results
+
+
+def inspect_images(items: list[tuple[Arch, Path]], *, stream=None) -> bool:
+    """Inspect each (arch, OUT) image in ONE appliance; write OUT/inspect/results.{json,xml}."""
+    exps = [Expectation.load(arch, out) for arch, out in items]
+    missing = [e for e in exps if not e.image.is_file()]
+    for e in missing:
+        _write(e, [CheckResult("image-file", "fail", f"{e.image} not found: build it with `tools`")], {})
+    present = [e for e in exps if e.image.is_file()]
+    if not present:
+        return False
+    log = present[0].out_dir / "inspect" / "guestfs.log"
+    t0 = time.monotonic()
+    g = open_appliance([e.image for e in present], log=log)
+    launch = time.monotonic() - t0
+    ok = not missing
+    try:
+        devices = g.list_devices()
+        if len(devices) != len(present):
+            raise InfraError(f"attached {len(present)} drives but the appliance shows {devices}",
+                             step="inspect-devices", log=log)
+        with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
+            for exp, dev in zip(present, devices):
+                results = Checker(g, exp, dev, tmpdir=Path(tmp)).run_all()
+                meta = {"arch": exp.arch.name, "image": str(exp.image), "device": dev,
+                        "appliance_launch_s": round(launch, 2), "appliance_log": str(log),
+                        "images_in_launch": len(present)}
+                _write(exp, results, meta)
+                if stream is not False:
+                    print(f"== tools image {exp.arch.name}: {exp.image}", file=stream)
+                    report.print_table(results, stream=stream)
+                ok = ok and all(r.ok for r in results)
+    finally:
+        close_appliance(g)
+    return ok
+
+
+def _write(exp: Expectation, results: list[CheckResult], meta: dict[str, Any]) -> None:
+    d = exp.out_dir / "inspect"
+    report.write(results, suite=f"tools-image-{exp.arch.name}", json_path=d / "results.json",
+                 junit_path=d / "results.xml", meta=meta)

@@ -1,0 +1,198 @@
+"""Inspection: checksum comparison and ELF facts without an appliance, then every bad image
+(built from the fake tree) caught in ONE libguestfs launch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import inspect, toolsimage
+from harness.arch import ARCHES
+from harness.errors import InfraError
+
+from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, package
+
+AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
+
+
+def test_parse_checksums_normalises_paths():
+    text = "aa  ./bin/perf\nbb  include/x.h\n\n"
+    assert inspect.parse_checksums(text) == {"./bin/perf": "aa", "./include/x.h": "bb"}
+
+
+def test_compare_checksums_names_each_difference():
+    want = {"./bin/perf": "a", "./include/x.h": "b"}
+    got = {"./bin/perf": "z", "./extra": "c", "./lost+found/x": "d"}
+    assert inspect.compare_checksums(want, got) == [
+        "content of bin/perf differs", "missing include/x.h", "unexpected extra"]
+
+
+def test_expectation_reports_unreadable_inputs(tmp_path):
+    exp = inspect.Expectation.load(AMD64, tmp_path)
+    assert exp.kernelrelease is None
+    assert any("manifest.json" in p for p in exp.problems)
+    assert any("config" in p for p in exp.problems)
+
+
+def test_expectation_requires_arch_headers(tmp_path):
+    fake_out(tmp_path, ARM64)
+    paths = dict(inspect.Expectation.load(ARM64, tmp_path).required_paths())
+    assert f"/lib/modules/{RELEASE}/build/arch/arm64/include" in paths
+    assert f"/lib/modules/{RELEASE}/kernel/kernel/kheaders.ko.zst" in paths
+
+
+def test_launch_failure_is_infra_error_with_log(tmp_path, monkeypatch):
+    guestfs = pytest.importorskip("guestfs")
+    monkeypatch.setenv("LIBGUESTFS_BACKEND", "direct")
+    monkeypatch.setenv("LIBGUESTFS_HV", "/bin/false")  # a "QEMU" that exits at once
+    img = tmp_path / "x.img"
+    img.write_bytes(b"\0" * 1024 * 1024)
+    log = tmp_path / "guestfs.log"
+    with pytest.raises(InfraError) as err:
+        inspect.open_appliance([img], log=log)
+    assert err.value.step == "inspect-launch" and err.value.log == log
+    assert log.read_text().strip()
+
+
+# -- bad images, all in one launch -------------------------------------------------------------------
+def _two_partitions(out: Path, tree: Path) -> None:
+    info = package(tree, out, AMD64)
+    img = out / "tools.img"
+    fs = out / ".work" / "fs.ext4"
+    toolsimage.make_filesystem(tree, fs, label="vm-tools", fs_uuid=toolsimage.stable_uuid("fs", "2"),
+                               hash_seed=toolsimage.stable_uuid("h", "2"), source_date=1, log=out / "log")
+    start, size, _ = toolsimage.image_layout(fs.stat().st_size)
+    second = start + size + 2048 - (start + size) % 2048
+    total = (second + 4096) * 512
+    img.unlink()
+    with open(img, "wb") as fh:
+        fh.truncate(total)
+    script = toolsimage.sfdisk_script(label_id=toolsimage.stable_uuid("d", "2"), partitions=[
+        {"start": start, "size": size, "uuid": toolsimage.stable_uuid("p1", "2"), "name": "vm-tools"},
+        {"start": second, "size": 2048, "uuid": toolsimage.stable_uuid("p2", "2"), "name": "extra"}])
+    from harness import proc
+    proc.run(toolsimage.sfdisk_argv(img), step="test", log=out / "log", input_text=script)
+    toolsimage.copy_into(fs, img, start * 512)
+    _refresh_image_manifest(out, img, info)
+
+
+def _refresh_image_manifest(out: Path, img: Path, info) -> None:
+    from harness.layout import sha256_file
+
+    m = json.loads((out / "tools-manifest.json").read_text())
+    m["image"].update(size=img.stat().st_size, sha256=sha256_file(img))
+    (out / "tools-manifest.json").write_text(json.dumps(m))
+
+
+def info_fs_bytes(out: Path) -> int:
+    m = json.loads((out / "tools-manifest.json").read_text())
+    return m["filesystem"]["blocks"] * m["filesystem"]["block_size"]
+
+
+def _build_cases(base: Path) -> dict[str, tuple]:
+    """name -> (arch, OUT, {check: words its reason must contain}) ; the good ones expect nothing."""
+    cases: dict[str, tuple] = {}
+
+    def new(name, arch=AMD64, **tree_kw):
+        out = fake_out(base / name, arch)
+        tree = fake_tree(base / f"{name}-tree", arch, **tree_kw)
+        return out, tree
+
+    out, tree = new("good-amd64")
+    package(tree, out, AMD64)
+    cases["good-amd64"] = (AMD64, out, {})
+    out, tree = new("good-arm64", ARM64)
+    package(tree, out, ARM64)
+    cases["good-arm64"] = (ARM64, out, {})
+
+    out, tree = new("wrong-label")
+    package(tree, out, AMD64, label="tools")
+    cases["wrong-label"] = (AMD64, out, {"filesystem-label": "expected 'vm-tools'"})
+
+    out, tree = new("two-partitions")
+    _two_partitions(out, tree)
+    cases["two-partitions"] = (AMD64, out, {"partition-count": "2 partitions"})
+
+    out, tree = new("no-table")
+    package(tree, out, AMD64, table=None)
+    cases["no-table"] = (AMD64, out, {"partition-table": "no partition table"})
+
+    out, tree = new("dynamic-perf", perf=fake_perf(AMD64, interpreter="/lib64/ld-linux-x86-64.so.2", needed=2))
+    package(tree, out, AMD64)
+    cases["dynamic-perf"] = (AMD64, out, {"perf-static-elf": "dynamically linked"})
+
+    out, tree = new("wrong-arch-perf", perf=fake_perf(ARM64))
+    package(tree, out, AMD64)
+    cases["wrong-arch-perf"] = (AMD64, out, {"perf-static-elf": "wrong arch"})
+
+    out, tree = new("no-headers")
+    shutil.rmtree(tree / "lib" / "modules" / RELEASE / "build")
+    package(tree, out, AMD64)
+    cases["no-headers"] = (AMD64, out, {"tree": "headers tree incomplete", "config": "missing"})
+
+    out = fake_out(base / "release-mismatch", AMD64)
+    tree = fake_tree(base / "release-mismatch-tree", AMD64, release="6.12.117-other")
+    package(tree, out, AMD64, release="6.12.117-other")
+    cases["release-mismatch"] = (AMD64, out, {"kernelrelease": "release mismatch"})
+
+    out, tree = new("truncated-perf")
+    package(tree, out, AMD64)
+    # the tree changes after its checksums were recorded: a truncated perf in the image
+    good_sums = (out / "tools-files.sha256").read_text()
+    with open(tree / "bin" / "perf", "r+b") as fh:
+        fh.truncate(100)
+    package(tree, out, AMD64)
+    (out / "tools-files.sha256").write_text(good_sums)
+    cases["truncated-perf"] = (AMD64, out, {"perf-static-elf": "truncated", "contents": "bin/perf differs"})
+
+    out, tree = new("truncated-image")
+    package(tree, out, AMD64)
+    img = out / "tools.img"
+    start, size, _ = toolsimage.image_layout(info_fs_bytes(out))
+    os.truncate(img, (start + size) * 512 - 65536)  # primary GPT intact, the filesystem's tail cut off
+    cases["truncated-image"] = (AMD64, out, {"image-file": "truncated", "*": "truncated"})
+
+    out, tree = new("wrong-config", config=b"CONFIG_OTHER=y\n")
+    package(tree, out, AMD64)
+    cases["wrong-config"] = (AMD64, out, {"config": "differs from the kernel's config"})
+
+    (tree / "etc").mkdir()
+    (tree / "etc" / "junk").write_text("x")
+    out = fake_out(base / "extra-top-level", AMD64)
+    package(tree, out, AMD64)
+    cases["extra-top-level"] = (AMD64, out, {"top-level": "unexpected etc"})
+    return cases
+
+
+@pytest.mark.integration
+def test_bad_images_fail_inspection_in_one_launch(tmp_path, capsys):
+    pytest.importorskip("guestfs")
+    cases = _build_cases(tmp_path)
+    ok = inspect.inspect_images([(arch, out) for arch, out, _ in cases.values()])
+    assert not ok
+    log = cases["good-amd64"][1] / "inspect" / "guestfs.log"
+    assert log.read_text().count("launched in") == 1, "one appliance launch for every image"
+    problems = []
+    for name, (arch, out, expect) in cases.items():
+        data = json.loads((out / "inspect" / "results.json").read_text())
+        assert (out / "inspect" / "results.xml").is_file()
+        assert data["meta"]["images_in_launch"] == len(cases)
+        by_name = {c["name"]: c for c in data["checks"]}
+        failed = {n for n, c in by_name.items() if c["status"] != "pass"}
+        for check, words in expect.items():
+            if check == "*":  # some check other than image-file must name the problem too
+                if not any(words in c["reason"] for n, c in by_name.items() if n != "image-file"):
+                    problems.append(f"{name}: no in-image check mentions {words!r}")
+                continue
+            c = by_name[check]
+            if c["status"] != "fail" or words not in c["reason"]:
+                problems.append(f"{name}: {check} is {c['status']}: {c['reason']!r} (wanted {words!r})")
+        if not expect and failed:
+            problems.append(f"{name}: good image failed {sorted(failed)}: "
+                            + "; ".join(by_name[n]["reason"] for n in sorted(failed)))
+        if expect and data["ok"]:
+            problems.append(f"{name}: passed inspection")
+    assert not problems, "\n".join(problems)
