@@ -32,6 +32,9 @@ class Arch:
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
     boot_timeout_kvm: int
+    uname_machine: str  # `uname -m` of a host that can run this arch's guests under KVM
+    kvm_host_cpu_flags: tuple[str, ...]  # one of these /proc/cpuinfo flags proves hardware virtualisation
+    kvm_host_modules: tuple[str, ...]  # one of these must be loaded (/sys/module/NAME): () = built in
     # tools image: extra make flags for the static perf, and (feature, why it is off) pairs
     perf_make_flags: tuple[str, ...] = ()
     perf_disabled: tuple[tuple[str, str], ...] = ()
@@ -73,6 +76,9 @@ ARCHES: dict[str, Arch] = {
         acpi_dimm=True,
         boot_timeout_tcg=60,
         boot_timeout_kvm=20,
+        uname_machine="x86_64",
+        kvm_host_cpu_flags=("vmx", "svm"),
+        kvm_host_modules=("kvm_intel", "kvm_amd"),
     ),
     "arm64": Arch(
         name="arm64",
@@ -89,7 +95,7 @@ ARCHES: dict[str, Arch] = {
         elf_machine_name="AArch64",
         qemu_binary="qemu-system-aarch64",
         qemu_machine="virt",
-        qemu_cpu_tcg="max",
+        qemu_cpu_tcg="max,pauth-impdef=on",  # QARMA pointer auth is slow to emulate
         qemu_cpu_kvm="host",
         console="ttyAMA0",
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
@@ -99,6 +105,9 @@ ARCHES: dict[str, Arch] = {
         acpi_dimm=False,
         boot_timeout_tcg=150,
         boot_timeout_kvm=30,
+        uname_machine="aarch64",
+        kvm_host_cpu_flags=(),
+        kvm_host_modules=(),
         # Debian installs only libc as a static library for the aarch64 cross toolchain.
         perf_make_flags=("NO_LIBELF=1",),
         perf_disabled=(("libelf", "NO_LIBELF=1: no static libelf for aarch64 on the build host (no symbol "

@@ -1,0 +1,103 @@
+"""Boot checks: one module per family, each check a function ``(guest, evidence) -> None``.
+
+A check passes by returning, is skipped by raising :class:`Skip` with the reason, fails by raising
+a KernelError (the kernel is wrong) and errors by raising an InfraError (the harness or host broke).
+It writes what it saw into ``evidence`` as it goes, so that a failure keeps its evidence too.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..arch import Arch
+from ..errors import InfraError, KernelError
+from ..report import CheckResult, Timer
+
+LOG = logging.getLogger(__name__)
+
+
+class Skip(Exception):
+    """The check cannot run here; the message says why (and, where there is one, the proof)."""
+
+
+@dataclass
+class Guest:
+    """A booted VM and what the checks need to know about it."""
+
+    vm: "object"  # harness.vm.Vm (not imported here to keep the checks importable without QEMU)
+    arch: Arch
+    accel_name: str
+    release: str
+    tools_img: Path | None = None
+    tools_required: bool = False
+    boot_dmesg: str = ""
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def console(self):
+        return self.vm.console
+
+    @property
+    def qmp(self):
+        return self.vm.qmp
+
+    def sh(self, command: str, *, step: str, timeout: float = 10, check: bool = True) -> str:
+        return self.console.run(command, step=step, timeout=timeout, check=check)[1]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    func: Callable[[Guest, dict], None]
+    applies: Callable[[Arch], bool] = lambda arch: True
+    doc: str = ""
+
+
+def run_check(check: Check, guest: Guest) -> CheckResult:
+    """Run one check and turn its outcome into a CheckResult (never raises for a check's failure)."""
+    evidence: dict = {"accelerator": guest.accel_name}
+    status, reason = "pass", ""
+    with Timer() as t:
+        try:
+            check.func(guest, evidence)
+        except Skip as exc:
+            status, reason = "skip", str(exc)
+        except KernelError as exc:
+            status, reason = "fail", str(exc)
+            _keep_tail(exc, evidence)
+        except InfraError as exc:
+            status, reason = "error", str(exc)
+            _keep_tail(exc, evidence)
+        except Exception as exc:  # a harness bug: report it as an error of this check, keep going
+            LOG.error("check %s crashed:\n%s", check.name, traceback.format_exc())
+            status, reason = "error", f"harness bug: {type(exc).__name__}: {exc}"
+    LOG.info("check %s: %s %s", check.name, status, reason)
+    return CheckResult(name=check.name, status=status, reason=reason, duration=round(t.duration, 3),
+                       evidence=evidence)
+
+
+def _keep_tail(exc: Exception, evidence: dict) -> None:
+    tail = getattr(exc, "tail", None)
+    if tail:
+        evidence["console_tail"] = tail
+
+
+def meminfo_kib(text: str, key: str = "MemTotal") -> int:
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {key} in /proc/meminfo")
+
+
+def cpu_list(text: str) -> set[int]:
+    """Parse a kernel CPU list such as ``0-2,5``."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out

@@ -1,0 +1,171 @@
+"""The boot test: boot a built kernel the way the NeonVM runner does and run the checks.
+
+One boot per architecture serves every check: QEMU starts with ``cpus_present`` vCPUs of
+``cpus_max`` and the kernel with ``maxcpus=1``, so the sysfs mode has present-but-offline vCPUs to
+online and the QMP mode has free slots to hot-add into. Results go to ``OUT/boot/``:
+``results.json``, ``results.xml`` (JUnit), ``boot.console.log`` and ``boot.qemu.log``.
+
+:func:`boot_test` takes a build's OUT directory (its ``manifest.json`` names the release);
+:func:`run` takes a kernel path and the expected release directly (Debian's kernel, negative tests,
+the benchmark).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from . import initramfs, proc, report
+from .arch import Arch
+from .checks import Check, Guest, boot, cpu_hotplug, memory_hotplug, ptp, run_check, tools_in_guest
+from .errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
+from .report import CheckResult, Timer
+from .vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
+
+LOG = logging.getLogger(__name__)
+
+# In the order they run: CPU first, memory next (the DIMM stays plugged), tools last.
+CHECKS: list[Check] = [
+    *boot.CHECKS,
+    *cpu_hotplug.CHECKS,
+    *memory_hotplug.CHECKS,
+    *ptp.CHECKS,
+    *tools_in_guest.CHECKS,
+]
+BOOT_CHECK = "boot"
+CHECK_NAMES = (BOOT_CHECK, *(c.name for c in CHECKS))
+READY_RE = re.compile(re.escape(initramfs.READY_MARKER) + r" (\S+)\r?\n")
+
+
+def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
+    wanted = set(only or ())
+    unknown = wanted - set(CHECK_NAMES)
+    if unknown:
+        raise InvalidArgument(f"unknown check(s) {', '.join(sorted(unknown))} (known: {', '.join(CHECK_NAMES)})",
+                              step="boot-test")
+    return [c for c in CHECKS if c.applies(arch) and (not wanted or c.name in wanted)]
+
+
+def read_manifest(arch: Arch, out_dir: Path) -> dict:
+    path = out_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: build the kernel first", step="boot-test") from None
+    if manifest.get("arch") not in (arch.name, *arch.aliases):
+        raise InputError(f"{out_dir} holds a {manifest.get('arch')} kernel, not {arch.name}", step="boot-test")
+    if not manifest.get("kernelrelease"):
+        raise InputError(f"{path} names no kernelrelease", step="boot-test")
+    return manifest
+
+
+def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
+              require_tools: bool = False, only: list[str] | None = None) -> bool:
+    """Boot-test the kernel in OUT; write OUT/boot/results.{json,xml}; True when nothing failed."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(arch, out_dir) if not dry_run or (out_dir / "manifest.json").exists() else {}
+    results = run(arch, kernel=out_dir / "vmlinuz", release=manifest.get("kernelrelease", "?"),
+                  results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
+                  require_tools=require_tools, only=only, dry_run=dry_run,
+                  meta={"variant": manifest.get("variant", ""), "version": manifest.get("version", "")})
+    return all(r.ok for r in results)
+
+
+def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str | Accel = "auto",
+        tools_img: Path | None = None, require_tools: bool = False, only: Iterable[str] | None = None,
+        dry_run: bool = False, cmdline_extra: tuple[str, ...] = (), boot_timeout: float | None = None,
+        init_text: str | None = None, tag: str = "boot", meta: dict | None = None,
+        write_results: bool = True, stream=None) -> list[CheckResult]:
+    """Boot ``kernel`` once and run the selected checks; return their results (and write them)."""
+    stream = stream or sys.stdout
+    checks = select_checks(arch, only)
+    acc = accel if isinstance(accel, Accel) else detect_accel(arch, accel)
+    timeout = boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
+    spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
+                     tools_img=tools_img if tools_img and Path(tools_img).is_file() else None)
+    if dry_run:
+        spec = VmSpec(initrd=Path("$INITRAMFS"), **spec_args)
+        print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
+        print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
+        print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
+        return []
+    started = time.monotonic()
+    meta = {"arch": arch.name, "kernel": str(kernel), "kernelrelease": release, "accelerator": acc.name,
+            "accelerator_reason": acc.reason, **(meta or {})}
+    results: list[CheckResult] = []
+    try:
+        initrd = initramfs.build(arch, **({"init_text": init_text} if init_text else {}))
+        meta["initramfs"] = str(initrd)
+        meta["qemu"] = _qemu_version(arch)
+        spec = VmSpec(initrd=initrd, **spec_args)
+        with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
+            meta["kernel_cmdline"] = kernel_cmdline(spec)
+            result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,
+                                       tools_img=tools_img, require_tools=require_tools)
+            results.append(result)
+            for check in checks:
+                if guest is None:
+                    results.append(CheckResult(check.name, "skip", "not run: the boot failed (see check boot)"))
+                else:
+                    results.append(run_check(check, guest))
+    except HarnessError as exc:  # QEMU would not start, initramfs could not be built, ...
+        status = "fail" if isinstance(exc, KernelError) else "error"
+        if not results:
+            results.append(CheckResult(BOOT_CHECK, status, str(exc), evidence={"accelerator": acc.name}))
+        else:
+            results.append(CheckResult("teardown", status, str(exc)))
+    meta["wall_seconds"] = round(time.monotonic() - started, 2)
+    if write_results:
+        results_dir = Path(results_dir)
+        report.write(results, suite=f"boot-test-{arch.name}", json_path=results_dir / "results.json",
+                     junit_path=results_dir / "results.xml", meta=meta)
+    print(f"boot test of {release} ({arch.name}, {acc.name}: {acc.reason}) in {meta['wall_seconds']:.1f}s",
+          file=stream)
+    report.print_table(results, stream=stream)
+    for r in results:
+        if r.status in ("fail", "error") and r.evidence.get("console_tail"):
+            print(f"--- last console lines ({r.name}):", file=stream)
+            for line in r.evidence["console_tail"][-15:]:
+                print(f"    {line}", file=stream)
+    if write_results:
+        print(f"results: {Path(results_dir) / 'results.json'}; logs: {Path(results_dir)}/{tag}.*.log", file=stream)
+    return results
+
+
+def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float,
+               tools_img: Path | None = None, require_tools: bool = False) -> tuple[CheckResult, Guest | None]:
+    """Wait for the test init's shell; the ``boot`` result, and a Guest when the shell answers."""
+    ev: dict = {"accelerator": accel.name, "console_log": str(vm.console_log), "qemu_log": str(vm.qemu_log),
+                "boot_timeout_s": timeout}
+    guest = None
+    with Timer() as t:
+        try:
+            m = vm.console.wait(READY_RE, timeout=timeout, scaled=False, step="boot",
+                                what="the test init's shell")
+            ev["init_saw_release"] = m.group(1)
+            vm.console.run("true", step="boot")
+            ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
+            _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
+            guest = Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
+                          tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools)
+            status, reason = "pass", ""
+        except KernelError as exc:
+            status, reason = "fail", str(exc)
+            ev["console_tail"] = getattr(exc, "tail", None) or vm.console.tail()
+        except InfraError as exc:
+            status, reason = "error", str(exc)
+            ev["console_tail"] = vm.console.tail() if vm.console else []
+    ev["seconds_since_qemu_start"] = round(time.monotonic() - vm.started, 2)
+    return CheckResult(BOOT_CHECK, status, reason, round(t.duration, 3), ev), guest
+
+
+def _qemu_version(arch: Arch) -> str:
+    try:
+        out = proc.capture([arch.qemu_binary, "--version"], step="qemu", timeout=20)
+    except HarnessError as exc:
+        raise InfraError(str(exc), step="qemu") from exc
+    return out.splitlines()[0].strip() if out else "?"

@@ -1,0 +1,191 @@
+"""The boot test's userspace: a small, deterministic initramfs per architecture.
+
+It holds Debian's static busybox, an ``/init`` script that mounts the API filesystems and leaves a
+shell on the serial console for pexpect, and ``phc-read``, a tiny static C program that reads a PTP
+hardware clock (busybox has no PHC reader). The archive is ``cpio -H newc`` with sorted names,
+mtime 0 and owner root, so the same inputs always give the same bytes; it is cached under
+``layout.cache_root()/initramfs/`` by the hash of those inputs.
+
+busybox comes from the host's ``busybox-static`` package when the host runs that architecture, and
+otherwise from Debian's archive for the foreign architecture, fetched with a private apt state so
+that the host's configured architectures are not changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import struct
+import tempfile
+from pathlib import Path
+
+from . import layout, proc
+from .arch import Arch
+from .errors import InfraError
+
+LOG = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"  # bump when the layout of the archive changes
+READY_MARKER = "@@NEONVM-TEST-INIT-READY@@"
+HOST_BUSYBOX = Path("/bin/busybox")  # from the busybox-static package (configs/host-packages.txt)
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+# /init of the NeonVM kernel boot test: API filesystems, then a shell on the console for pexpect.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb PS1='# '
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
+# Kernel messages of level warning and worse still reach the console (the harness watches them).
+dmesg -n 5 2>/dev/null
+stty cols 4096 2>/dev/null
+echo "{READY_MARKER} $(uname -r)"
+exec setsid cttyhack sh
+"""
+
+PHC_READ_C = r"""
+/* phc-read DEVICE: print the PTP hardware clock's time and CLOCK_REALTIME, in seconds. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#define FD_TO_CLOCKID(fd) ((~(clockid_t)(fd) << 3) | 3)
+int main(int argc, char **argv) {
+    struct timespec phc, rt;
+    int fd = open(argc > 1 ? argv[1] : "/dev/ptp0", O_RDONLY);
+    if (fd < 0) { perror("open"); return 2; }
+    if (clock_gettime(FD_TO_CLOCKID(fd), &phc)) { perror("clock_gettime(phc)"); return 3; }
+    clock_gettime(CLOCK_REALTIME, &rt);
+    printf("phc %lld.%09ld realtime %lld.%09ld\n", (long long)phc.tv_sec, phc.tv_nsec,
+           (long long)rt.tv_sec, rt.tv_nsec);
+    return 0;
+}
+"""
+
+DIRS = ("bin", "dev", "etc", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin")
+
+
+def elf_info(path: Path) -> tuple[int, bool]:
+    """Return (e_machine, is_static) of a 64-bit little-endian ELF file."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise InfraError(f"{path} is not a 64-bit little-endian ELF file", step="initramfs")
+        machine = struct.unpack_from("<H", head, 18)[0]
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        static = True
+        for i in range(phnum):
+            fh.seek(phoff + i * phentsize)
+            if struct.unpack("<I", fh.read(4))[0] == 3:  # PT_INTERP: needs a dynamic loader
+                static = False
+    return machine, static
+
+
+def _usable_busybox(path: Path, arch: Arch) -> bool:
+    if not path.is_file():
+        return False
+    machine, static = elf_info(path)
+    return machine == arch.elf_machine and static
+
+
+def host_debian_arch() -> str:
+    return proc.capture(["dpkg", "--print-architecture"], step="initramfs").strip()
+
+
+def busybox(arch: Arch) -> Path:
+    """A static busybox binary for ``arch``: the host's, or one fetched from Debian's archive."""
+    if host_debian_arch() == arch.debian_arch:
+        if not _usable_busybox(HOST_BUSYBOX, arch):
+            raise InfraError(f"{HOST_BUSYBOX} is missing or not a static {arch.elf_machine_name} binary; "
+                             "install busybox-static (./bootstrap does)", step="initramfs")
+        return HOST_BUSYBOX
+    return fetch_busybox(arch)
+
+
+def fetch_busybox(arch: Arch) -> Path:
+    """Download Debian's busybox-static for a foreign architecture into the cache (once)."""
+    base = layout.cache_root() / "busybox" / arch.debian_arch
+    target = base / "busybox"
+    if _usable_busybox(target, arch):
+        return target
+    log = base / "fetch.log"
+    lists = base / "apt-lists"
+    cache = base / "apt-cache"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    (cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    opts = [f"-oAPT::Architecture={arch.debian_arch}", f"-oAPT::Architectures={arch.debian_arch}",
+            f"-oDir::State::Lists={lists}", f"-oDir::Cache={cache}"]
+    step = f"busybox-{arch.name}"
+    with layout.exclusive_lock(base / ".lock", step=step, what=f"busybox cache for {arch.name}"):
+        proc.run(["apt-get", *opts, "update"], step=step, log=log, timeout=300)
+        with tempfile.TemporaryDirectory(dir=base) as tmp:
+            proc.run(["apt-get", *opts, "download", "busybox-static"], step=step, log=log, cwd=tmp, timeout=300)
+            debs = sorted(Path(tmp).glob("busybox-static_*.deb"))
+            if not debs:
+                raise InfraError("apt-get download left no busybox-static .deb", step=step, log=log)
+            proc.run(["dpkg", "-x", debs[0], Path(tmp) / "root"], step=step, log=log, timeout=120)
+            binary = Path(tmp) / "root" / "bin" / "busybox"
+            if not _usable_busybox(binary, arch):
+                raise InfraError(f"{debs[0].name} holds no static {arch.elf_machine_name} busybox",
+                                 step=step, log=log)
+            layout.atomic_copy(binary, target)
+            layout.atomic_write_text(base / "source.txt", debs[0].name + "\n")
+    target.chmod(0o755)
+    return target
+
+
+def _compile_phc_read(arch: Arch, dest: Path, log: Path) -> None:
+    src = dest.with_suffix(".c")
+    src.write_text(PHC_READ_C)
+    proc.require_tool(arch.cross_gcc, step="initramfs", hint="install gcc / gcc-aarch64-linux-gnu (./bootstrap does)")
+    proc.run([arch.cross_gcc, "-static", "-Os", "-s", "-o", dest, src], step=f"phc-read-{arch.name}",
+             log=log, timeout=120)
+    src.unlink()
+
+
+def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
+    for d in DIRS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(busybox(arch), root / "bin" / "busybox")
+    (root / "init").write_text(init_text)
+    _compile_phc_read(arch, root / "bin" / "phc-read", log)
+    try:
+        os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
+    except PermissionError:
+        LOG.warning("not root: no /dev/console in the initramfs; /init mounts devtmpfs instead")
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+        elif path.is_file():
+            path.chmod(0o755 if path.parent.name in ("bin", "sbin") or path.name == "init" else 0o644)
+        os.utime(path, (0, 0), follow_symlinks=False)
+
+
+def build(arch: Arch, *, init_text: str = INIT_SCRIPT) -> Path:
+    """Return the cached test initramfs for ``arch``, building it if its inputs changed."""
+    cache = layout.cache_root() / "initramfs"
+    cache.mkdir(parents=True, exist_ok=True)
+    log = cache / f"{arch.name}.log"
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        root = Path(tmp) / "root"
+        _stage(arch, root, init_text, log)
+        h = hashlib.sha256(FORMAT_VERSION.encode())
+        names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        for name in names:
+            p = root / name
+            h.update(f"{name}\0{p.lstat().st_mode:o}\0".encode())
+            if p.is_file() and not p.is_symlink():
+                h.update(layout.sha256_file(p).encode())
+        target = cache / f"{arch.name}-{h.hexdigest()[:16]}.cpio"
+        if target.exists():
+            return target
+        archive = Path(tmp) / "initramfs.cpio"
+        proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
+                  "-F", archive], step=f"initramfs-{arch.name}", log=log, cwd=root,
+                 input_text="".join(n + "\n" for n in [".", *names]), timeout=120)
+        os.replace(archive, target)
+    LOG.info("built %s", target)
+    return target

@@ -1,0 +1,409 @@
+"""A QEMU VM shaped like the NeonVM runner's: its argv, accelerator, QMP and lifecycle.
+
+* :func:`detect_accel` decides KVM or TCG. An openable ``/dev/kvm`` proves nothing (it may be a
+  PVM backend that cannot run a stock kernel), so KVM needs the CPU's virtualisation flag and the
+  vendor module as well (both per arch in harness/arch.py).
+* :func:`qemu_argv` builds the whole command line from a :class:`VmSpec` and the arch table, in
+  one place, so that ``--dry-run`` prints exactly what would run.
+* :class:`Vm` is a context manager: the harness listens on the console and QMP sockets before
+  QEMU starts, QEMU connects to them, and QEMU is always torn down. Its stdout/stderr go to a log.
+* :class:`Qmp` drives QMP through ``qemu.qmp.QMPClient`` on a private asyncio loop: every command
+  and every event wait has a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+
+from . import proc
+from .arch import Arch
+from .console import Console, GuestCrashed
+from .errors import HarnessError, InfraError, InvalidArgument, QemuDied, ToolMissing
+
+LOG = logging.getLogger(__name__)
+
+# The runner's memory hotplug policy, on every kernel command line.
+MEMHP_CMDLINE = ("memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
+                 "memory_hotplug.auto_movable_ratio=301")
+VIRTIO_MEM_ID = "vmem0"  # device id (QOM path /machine/peripheral/vmem0)
+VIRTIO_MEM_BLOCK = "8M"
+TOOLS_DRIVE_ID = "tools"
+TCG_SCALE = 3.0  # guest-side timeouts under TCG are this many times the KVM ones
+ACCELS = ("auto", "kvm", "tcg")
+# SHUTDOWN reasons that mean the guest itself went away (a kernel problem, not the host's).
+GUEST_SHUTDOWN_REASONS = ("guest-reset", "guest-shutdown", "guest-panic")
+
+
+class QmpFailed(InfraError):
+    """QMP refused a command or gave no answer: the host side of the test broke."""
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str  # "kvm" or "tcg"
+    reason: str  # why this one was chosen (kept in every report)
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.name == "kvm" else TCG_SCALE
+
+
+def kvm_unusable_reason(arch: Arch, *, cpuinfo: Path = Path("/proc/cpuinfo"),
+                        sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path("/dev/kvm"),
+                        machine: str | None = None) -> str | None:
+    """Why KVM cannot run a stock ``arch`` kernel on this host, or None when it can."""
+    machine = machine or platform.machine()
+    if machine != arch.uname_machine:
+        return f"host is {machine}, guest is {arch.uname_machine}"
+    try:
+        fd = os.open(dev_kvm, os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot open {dev_kvm}: {exc.strerror}"
+    if arch.kvm_host_cpu_flags:
+        flags: set[str] = set()
+        try:
+            for line in Path(cpuinfo).read_text().splitlines():
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+        except OSError as exc:
+            return f"cannot read {cpuinfo}: {exc.strerror}"
+        if not flags & set(arch.kvm_host_cpu_flags):
+            return (f"{dev_kvm} opens but the CPU has no {'/'.join(arch.kvm_host_cpu_flags)} flag "
+                    "(not hardware KVM; e.g. a PVM backend that cannot run a stock kernel)")
+    if arch.kvm_host_modules and not any((Path(sys_module) / m).is_dir() for m in arch.kvm_host_modules):
+        return f"none of the modules {', '.join(arch.kvm_host_modules)} is loaded"
+    return None
+
+
+def detect_accel(arch: Arch, requested: str = "auto", **probe: Any) -> Accel:
+    """KVM where a stock kernel really runs on it, otherwise TCG. ``requested="kvm"`` insists."""
+    if requested not in ACCELS:
+        raise InvalidArgument(f"unknown accelerator {requested!r} (choose from {', '.join(ACCELS)})",
+                              step="accel")
+    if requested == "tcg":
+        return Accel("tcg", "requested")
+    why_not = kvm_unusable_reason(arch, **probe)
+    if why_not is None:
+        return Accel("kvm", "hardware virtualisation available")
+    if requested == "kvm":
+        raise InfraError(f"KVM requested but not usable: {why_not}", step="accel")
+    return Accel("tcg", f"KVM not usable: {why_not}")
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """What to boot and how. Validated when built; nothing runs until :class:`Vm` is entered."""
+
+    arch: Arch
+    kernel: Path
+    initrd: Path
+    accel: Accel
+    cpus_min: int = 1  # online at boot (kernel maxcpus=)
+    cpus_present: int = 2  # -smp cpus=: present at boot
+    cpus_max: int = 4  # -smp maxcpus=
+    mem_boot_mib: int = 512
+    mem_slots: int = 8
+    virtio_mem_mib: int = 1024  # size of the virtio-mem backend (the most it can plug)
+    dimm_reserve_mib: int = 512  # room in maxmem for ACPI DIMMs
+    tools_img: Path | None = None
+    cmdline_extra: tuple[str, ...] = ()
+    name: str = "neonvm-boot-test"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cpus_min <= self.cpus_present <= self.cpus_max:
+            raise InvalidArgument(f"need 1 <= cpus_min {self.cpus_min} <= cpus_present {self.cpus_present} "
+                                  f"<= cpus_max {self.cpus_max}", step="vm")
+        if self.accel.name not in ("kvm", "tcg"):
+            raise InvalidArgument(f"accelerator must be resolved, not {self.accel.name!r}", step="vm")
+
+    @property
+    def maxmem_mib(self) -> int:
+        return self.mem_boot_mib + self.virtio_mem_mib + self.dimm_reserve_mib
+
+
+def kernel_cmdline(spec: VmSpec) -> str:
+    arch = spec.arch
+    parts = [f"console={arch.console}", *arch.kernel_cmdline_extra, f"maxcpus={spec.cpus_min}",
+             *MEMHP_CMDLINE, *spec.cmdline_extra]
+    return " ".join(parts)
+
+
+def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str) -> list[str]:
+    """The QEMU command line, shaped like the NeonVM runner's. The one place it is built."""
+    arch = spec.arch
+    cpu = arch.qemu_cpu_kvm if spec.accel.name == "kvm" else arch.qemu_cpu_tcg
+    argv = [
+        arch.qemu_binary,
+        "-name", spec.name,
+        "-machine", arch.qemu_machine,
+        "-accel", spec.accel.name,
+        "-cpu", cpu,
+        "-smp", f"cpus={spec.cpus_present},maxcpus={spec.cpus_max},sockets=1,cores={spec.cpus_max},threads=1",
+        "-m", f"size={spec.mem_boot_mib}M,slots={spec.mem_slots},maxmem={spec.maxmem_mib}M",
+        "-object", f"memory-backend-ram,id={VIRTIO_MEM_ID}-mem,size={spec.virtio_mem_mib}M",
+        "-device", f"virtio-mem-pci,id={VIRTIO_MEM_ID},memdev={VIRTIO_MEM_ID}-mem,"
+                   f"block-size={VIRTIO_MEM_BLOCK},requested-size=0",
+        "-no-reboot",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-chardev", f"socket,id=qmp,path={qmp_sock}",
+        "-mon", "chardev=qmp,mode=control",
+        "-chardev", f"socket,id=console,path={console_sock}",
+        "-serial", "chardev:console",
+    ]
+    if arch.firmware:
+        argv += ["-bios", arch.firmware]
+    argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec)]
+    if spec.tools_img:
+        argv += ["-drive", f"id={TOOLS_DRIVE_ID},file={spec.tools_img},if=none,format=raw,readonly=on",
+                 "-device", f"virtio-blk-pci,drive={TOOLS_DRIVE_ID},id={TOOLS_DRIVE_ID}-blk"]
+    return argv
+
+
+class Qmp:
+    """A synchronous face on ``QMPClient``: the harness listens, QEMU connects."""
+
+    def __init__(self, name: str, *, on_lost: Callable[[], HarnessError]):
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(name)
+        self._listener = EventListener()
+        self._client.register_listener(self._listener)
+        self._pending: list[dict] = []  # received but not yet consumed by wait_event
+        self.events: list[dict] = []  # every event seen, for evidence
+        self.on_lost = on_lost
+
+    def _run(self, coro, timeout: float, what: str):
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        except asyncio.TimeoutError:
+            raise QmpFailed(f"{what}: no answer within {timeout:.0f}s", step="qmp") from None
+
+    def start_server(self, path: Path) -> None:
+        self._run(self._client.start_server(str(path)), 10, "QMP listen")
+
+    def accept(self, *, timeout: float) -> None:
+        try:
+            self._run(self._client.accept(), timeout, "QMP connection from QEMU")
+        except QMPError as exc:
+            raise QmpFailed(f"QMP handshake failed: {exc}", step="qmp") from exc
+
+    def execute(self, cmd: str, args: dict | None = None, *, timeout: float = 10) -> Any:
+        LOG.debug("QMP -> %s %s", cmd, args or "")
+        try:
+            result = self._run(self._client.execute(cmd, args), timeout, f"QMP {cmd}")
+        except ExecuteError as exc:
+            raise QmpFailed(f"QMP {cmd} {args or ''} refused: {exc}", step="qmp") from exc
+        except (QMPError, OSError, EOFError) as exc:
+            raise self.on_lost() from exc
+        LOG.debug("QMP <- %s", result)
+        return result
+
+    def _pull(self, timeout: float) -> dict | None:
+        try:
+            event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), timeout))
+        except asyncio.TimeoutError:
+            return None
+        event = dict(event)
+        self.events.append(event)
+        return event
+
+    def wait_event(self, name: str, *, timeout: float, match: Callable[[dict], bool] = lambda d: True,
+                   step: str) -> dict | None:
+        """Wait for event ``name`` whose data satisfies ``match``; earlier unconsumed events count.
+
+        Returns None at the deadline: the caller knows whether a missing event is the guest's fault.
+        """
+        for ev in list(self._pending):
+            if ev["event"] == name and match(ev.get("data", {})):
+                self._pending.remove(ev)
+                return ev
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ev = self._pull(left)
+            if ev is None:
+                break
+            if ev["event"] == name and match(ev.get("data", {})):
+                return ev
+            self._pending.append(ev)
+        LOG.info("[%s] no QMP event %s within %.0fs", step, name, timeout)
+        return None
+
+    def drain(self, timeout: float = 0.2) -> list[dict]:
+        """Collect the events already sent (bounded), without consuming them."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and (ev := self._pull(left)) is not None:
+            self._pending.append(ev)
+        return list(self._pending)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), 5))
+        self._loop.close()
+
+
+@dataclass
+class Vm:
+    """One QEMU run. ``with Vm(spec, log_dir=..., tag=...) as vm:`` launches; exit tears down."""
+
+    spec: VmSpec
+    log_dir: Path
+    tag: str = "boot"
+    console: Console | None = field(default=None, init=False)
+    qmp: Qmp | None = field(default=None, init=False)
+    proc: subprocess.Popen | None = field(default=None, init=False)
+    started: float = field(default=0.0, init=False)
+
+    @property
+    def console_log(self) -> Path:
+        return self.log_dir / f"{self.tag}.console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.log_dir / f"{self.tag}.qemu.log"
+
+    def argv(self, rundir: Path | str) -> list[str]:
+        rundir = Path(rundir)
+        return qemu_argv(self.spec, console_sock=rundir / "console.sock", qmp_sock=rundir / "qmp.sock")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Vm":
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.shutdown()
+        return False
+
+    def launch(self) -> None:
+        binary = self.spec.arch.qemu_binary
+        if not shutil.which(binary):
+            raise ToolMissing(f"{binary} not found; install it (./bootstrap does)", step="qemu")
+        for path in (self.spec.kernel, self.spec.initrd, self.spec.tools_img, self.spec.arch.firmware):
+            if path and not Path(path).is_file():
+                raise InfraError(f"{path} does not exist", step="qemu")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.console_log.write_text("")
+        self._rundir = Path(tempfile.mkdtemp(prefix="neonvm-vm-"))
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self._rundir / "console.sock"))
+        self._listener.listen(1)
+        self.qmp = Qmp(self.spec.name, on_lost=self.lost_error)
+        self.qmp.start_server(self._rundir / "qmp.sock")
+        argv = self.argv(self._rundir)
+        self._qemu_logfh = open(self.qemu_log, "w")
+        self._qemu_logfh.write(f"$ {proc.quote(argv)}\n")
+        self._qemu_logfh.flush()
+        LOG.info("[qemu] $ %s", proc.quote(argv))
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_logfh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        conn = self._accept_console(timeout=30)
+        self.console = Console(conn.detach(), self.console_log, on_eof=self.lost_error, scale=self.spec.accel.scale)
+        self.console.note(f"QEMU started ({self.spec.accel.name}): {proc.quote(argv)}")
+        self.qmp.accept(timeout=30)
+
+    def _accept_console(self, *, timeout: float) -> socket.socket:
+        """Accept QEMU's console connection, or notice at once that QEMU exited instead."""
+        pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            ready, _, _ = select.select([self._listener, pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+        if self._listener in ready:
+            conn, _ = self._listener.accept()
+            return conn
+        if self.proc.poll() is not None:
+            raise QemuDied(f"QEMU exited {self.proc.returncode} before connecting: {self._qemu_last_line()}",
+                           step="qemu", log=self.qemu_log)
+        raise InfraError(f"QEMU did not connect its console within {timeout:.0f}s", step="qemu", log=self.qemu_log)
+
+    def _qemu_last_line(self) -> str:
+        self._qemu_logfh.flush()
+        lines = [ln for ln in self.qemu_log.read_text(errors="replace").splitlines()[1:] if ln.strip()]
+        return lines[-1].strip()[:300] if lines else "(no output)"
+
+    def lost_error(self) -> HarnessError:
+        """The error for a console or QMP connection that closed under us.
+
+        A guest that reset, shut down or panicked (QMP SHUTDOWN with a guest-* reason; -no-reboot
+        makes QEMU exit) is the kernel's failure; anything else (killed, QMP quit, crash) is
+        QEMU's, i.e. infrastructure.
+        """
+        rc = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rc = self.proc.wait(timeout=5)
+        reasons = []
+        if self.qmp is not None:
+            with contextlib.suppress(Exception):
+                reasons = [e.get("data", {}).get("reason", "") for e in self.qmp.drain(0.5)
+                           if e["event"] == "SHUTDOWN"]
+        reasons += [e.get("data", {}).get("reason", "") for e in (self.qmp.events if self.qmp else [])
+                    if e["event"] == "SHUTDOWN"]
+        guest = [r for r in reasons if r in GUEST_SHUTDOWN_REASONS]
+        tail = self.console.tail() if self.console else []
+        if guest:
+            return GuestCrashed(f"the guest went away by itself ({guest[0]}; QEMU runs with -no-reboot)",
+                                step="qemu", log=self.console_log, tail=tail)
+        state = "still running" if rc is None else f"exit status {rc}"
+        why = f"; shutdown reason {reasons[0]}" if reasons else ""
+        return QemuDied(f"QEMU went away mid-test ({state}{why}): {self._qemu_last_line()}",
+                        step="qemu", log=self.qemu_log)
+
+    def kill(self) -> None:
+        """Kill QEMU now (the negative test of 'QEMU died mid-test' uses it)."""
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, 9)
+
+    def shutdown(self) -> None:
+        """Stop QEMU and release everything. Safe to call more than once, and after a failed launch."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.proc.wait()
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+        if getattr(self, "_listener", None) is not None:
+            self._listener.close()
+            self._listener = None
+        fh = getattr(self, "_qemu_logfh", None)
+        if fh is not None and not fh.closed:
+            if self.proc is not None:
+                fh.write(f"### QEMU exit status {self.proc.returncode}\n")
+            fh.close()
+        rundir = getattr(self, "_rundir", None)
+        if rundir is not None:
+            shutil.rmtree(rundir, ignore_errors=True)
+            self._rundir = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
