@@ -523,8 +523,7 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
     if build.is_symlink() or build.is_file():
         build.unlink()  # modules_install points it at the host's build directory
     try:
-        proc.run(extmod_argv(kb, build), step="tools-extmod", log=logs / "tools-extmod.log",
-                 env={"MAKE": "make"})
+        proc.run(extmod_argv(kb, build), step="tools-extmod", log=logs / "tools-extmod.log")
     except proc.CommandFailed as exc:
         raise BuildFailed(exc.message, step="tools-extmod", log=exc.log) from exc
     shutil.copyfile(kb.build_dir / ".config", build / ".config")

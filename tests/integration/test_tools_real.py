@@ -1,0 +1,72 @@
+"""The real tools images: static perf from the real tree, the kernel's own module-build tree and
+kheaders for the smoke kernels, built twice (byte-identical), then inspected in ONE launch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import elf, inspect, toolsimage
+from harness.arch import ARCHES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def tools_images(smoke_build) -> dict[str, Path]:
+    """{arch: OUT} with tools.img built (perf objdirs under the cache make rebuilds incremental)."""
+    out = {}
+    for name in ("amd64", "arm64"):
+        out_dir = smoke_build[name]
+        toolsimage.build_tools_image(ARCHES[name], out_dir, jobs=2)
+        out[name] = out_dir
+    return out
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / toolsimage.MANIFEST_NAME).read_text())
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_tools_manifest_records_perf_and_sizes(tools_images, arch):
+    m = _manifest(tools_images[arch])
+    kernel = json.loads((tools_images[arch] / "manifest.json").read_text())
+    assert m["kernelrelease"] == kernel["kernelrelease"]
+    assert m["image"]["partition_table"] == "gpt" and m["filesystem"]["label"] == "vm-tools"
+    assert "libtraceevent" in m["perf"]["disabled_by_harness"]
+    assert m["perf"]["features_on"], "FEATURE-DUMP was read"
+    fs = m["filesystem"]
+    assert m["image"]["size"] <= 1.15 * m["tree"]["apparent_size"] + fs["metadata_bytes"]
+
+
+def test_image_is_reproducible(tools_images):
+    out = tools_images["amd64"]
+    first = _manifest(out)["image"]["sha256"]
+    toolsimage.build_tools_image(ARCHES["amd64"], out, jobs=2)  # incremental perf, fresh staging
+    assert _manifest(out)["image"]["sha256"] == first
+
+
+def test_amd64_perf_runs_on_the_host(tools_images, tmp_path):
+    """The staged perf is gone after packaging; the same binary, stripped, is in the perf objdir."""
+    kb = toolsimage.KernelBuild.from_out(ARCHES["amd64"], tools_images["amd64"])
+    perf = toolsimage.perf_objdir(kb.arch, kb.tree) / "perf"
+    info = elf.parse_file(perf)
+    assert info.static and info.e_machine == 62
+    version = subprocess.run([perf, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("perf version 6.12")
+    stat = subprocess.run([perf, "stat", "-e", "task-clock", "true"], capture_output=True, text=True)
+    assert stat.returncode == 0 and "task-clock" in stat.stderr
+
+
+def test_both_images_pass_inspection_in_one_launch(tools_images):
+    items = [(ARCHES[a], tools_images[a]) for a in ("amd64", "arm64")]
+    ok = inspect.inspect_images(items)
+    for arch, out in items:
+        data = json.loads((out / "inspect" / "results.json").read_text())
+        failed = [f"{c['name']}: {c['reason']}" for c in data["checks"] if c["status"] != "pass"]
+        assert not failed, f"{arch.name}: {failed}"
+        assert data["meta"]["images_in_launch"] == 2
+    assert ok
