@@ -38,7 +38,22 @@ CHECKS: list[Check] = [
 ]
 BOOT_CHECK = "boot"
 CHECK_NAMES = (BOOT_CHECK, *(c.name for c in CHECKS))
+CPUS_MIN, CPUS_MAX = 1, 4
 READY_RE = re.compile(re.escape(initramfs.READY_MARKER) + r" (\S+)\r?\n")
+
+
+def cpus_present(arch: Arch) -> int:
+    """vCPUs present at boot. The runner's sysfs mode boots all of them (kernel maxcpus= keeps the
+    rest offline); where it also hot-plugs through QMP, one boot serves both modes: MIN+1 present
+    (one to online through sysfs) and the rest left as free slots for device_add."""
+    return CPUS_MIN + 1 if arch.cpu_hotplug_qmp else CPUS_MAX
+
+
+def vm_spec(*, arch: Arch, kernel: Path, initrd: Path, accel: Accel, tools_img: Path | None = None,
+            cmdline_extra: tuple[str, ...] = ()) -> VmSpec:
+    """The VM the boot test runs: the runner's shape with this test's sizes."""
+    return VmSpec(arch=arch, kernel=kernel, initrd=initrd, accel=accel, cpus_min=CPUS_MIN, cpus_max=CPUS_MAX,
+                  cpus_present=cpus_present(arch), tools_img=tools_img, cmdline_extra=cmdline_extra)
 
 
 def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
@@ -85,10 +100,11 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
     checks = select_checks(arch, only)
     acc = accel if isinstance(accel, Accel) else detect_accel(arch, accel)
     timeout = boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
+    tools_img = Path(tools_img) if tools_img else None
     spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
-                     tools_img=tools_img if tools_img and Path(tools_img).is_file() else None)
+                     tools_img=tools_img if tools_img and tools_img.is_file() else None)
     if dry_run:
-        spec = VmSpec(initrd=Path("$INITRAMFS"), **spec_args)
+        spec = vm_spec(initrd=Path("$INITRAMFS"), **spec_args)
         print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
         print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
         print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
@@ -101,7 +117,7 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
         initrd = initramfs.build(arch, **({"init_text": init_text} if init_text else {}))
         meta["initramfs"] = str(initrd)
         meta["qemu"] = _qemu_version(arch)
-        spec = VmSpec(initrd=initrd, **spec_args)
+        spec = vm_spec(initrd=initrd, **spec_args)
         with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
             meta["kernel_cmdline"] = kernel_cmdline(spec)
             result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,

@@ -119,7 +119,7 @@ class Console:
                                step=step, log=self.log, tail=self.tail())
         if patterns[idx] is pexpect.EOF:
             raise self.on_eof()
-        raise GuestTimeout(f"no {what or repr(regex.pattern)} within {limit:.0f}s", step=step,
+        raise GuestTimeout(f"timed out after {limit:.0f}s waiting for {what or repr(regex.pattern)}", step=step,
                            log=self.log, tail=self.tail())
 
     def _collect_report(self) -> None:

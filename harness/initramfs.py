@@ -17,11 +17,10 @@ import logging
 import os
 import shutil
 import stat
-import struct
 import tempfile
 from pathlib import Path
 
-from . import layout, proc
+from . import elf, layout, proc
 from .arch import Arch
 from .errors import InfraError
 
@@ -67,28 +66,14 @@ int main(int argc, char **argv) {
 DIRS = ("bin", "dev", "etc", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin")
 
 
-def elf_info(path: Path) -> tuple[int, bool]:
-    """Return (e_machine, is_static) of a 64-bit little-endian ELF file."""
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-            raise InfraError(f"{path} is not a 64-bit little-endian ELF file", step="initramfs")
-        machine = struct.unpack_from("<H", head, 18)[0]
-        phoff, = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
-        static = True
-        for i in range(phnum):
-            fh.seek(phoff + i * phentsize)
-            if struct.unpack("<I", fh.read(4))[0] == 3:  # PT_INTERP: needs a dynamic loader
-                static = False
-    return machine, static
-
-
 def _usable_busybox(path: Path, arch: Arch) -> bool:
     if not path.is_file():
         return False
-    machine, static = elf_info(path)
-    return machine == arch.elf_machine and static
+    try:
+        info = elf.parse_file(path)
+    except elf.InvalidElf:
+        return False
+    return info.e_machine == arch.elf_machine and info.static
 
 
 def host_debian_arch() -> str:
