@@ -75,6 +75,7 @@ class Console:
         self.scale = scale  # timeouts given to run()/wait() are multiplied by this (TCG is slower)
         self.crashed: str | None = None  # the panic line, once the kernel has panicked
         self._seq = itertools.count(1)
+        self._t0 = time.monotonic()
 
     def close(self) -> None:
         try:
@@ -85,7 +86,7 @@ class Console:
 
     def note(self, text: str) -> None:
         """Write a harness annotation into the console log (the guest never sees it)."""
-        self._logfh.write(f"\n### harness: {text}\n")
+        self._logfh.write(f"\n### harness: +{time.monotonic() - self._t0:.2f}s {text}\n")
         self._logfh.flush()
 
     def tail(self, n: int = TAIL_LINES) -> list[str]:

@@ -1,0 +1,123 @@
+"""Real boots of the smoke kernels under QEMU (TCG here), and the boot test's negative cases.
+
+Budget: one boot per arch serves every check; the negatives add five short boots (about two
+minutes in all under TCG on two cores)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import boottest, initramfs
+from harness.arch import get_arch
+from harness.checks import run_check
+from harness.checks.memory_hotplug import CHECKS as MEMORY_CHECKS
+from harness.vm import Vm, detect_accel
+
+pytestmark = pytest.mark.integration
+
+AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
+HANG_INIT = "#!/bin/busybox sh\n/bin/busybox echo 'test init: about to hang'\nexec /bin/busybox sleep 1000000\n"
+DEBIAN_KERNELS = sorted(Path("/boot").glob("vmlinuz-*-amd64"))
+
+
+def release_of(out: Path) -> str:
+    return json.loads((out / "manifest.json").read_text())["kernelrelease"]
+
+
+def checks_of(out: Path) -> dict[str, dict]:
+    data = json.loads((out / "boot" / "results.json").read_text())
+    return {c["name"]: c for c in data["checks"]}
+
+
+def assert_full_run(arch, out: Path, expected_pass: set[str]) -> dict[str, dict]:
+    ok = boottest.boot_test(arch, out)
+    checks = checks_of(out)
+    assert ok, {n: (c["status"], c["reason"]) for n, c in checks.items() if c["status"] in ("fail", "error")}
+    for name in expected_pass:
+        assert checks[name]["status"] == "pass", (name, checks[name]["reason"])
+    assert checks["kernelrelease"]["evidence"]["uname_r"] == release_of(out)
+    assert checks["boot"]["evidence"]["seconds_to_shell"] > 0
+    tcg = checks["boot"]["evidence"]["accelerator"] == "tcg"
+    if tcg:
+        assert checks["ptp-kvm"]["status"] == "skip" and checks["ptp-kvm"]["reason"] == "needs KVM (ran under TCG)"
+    else:
+        assert checks["ptp-kvm"]["status"] == "pass"
+    tools = checks["tools"]
+    assert tools["status"] == ("pass" if (out / "tools.img").is_file() else "skip"), tools["reason"]
+    for name in ("results.xml", "boot.console.log", "boot.qemu.log"):
+        assert (out / "boot" / name).stat().st_size > 0
+    return checks
+
+
+def test_boot_test_amd64(smoke_build):
+    out = smoke_build["amd64"]
+    checks = assert_full_run(AMD64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
+                                          "acpi-dimm", "ptp-kvm-builtin"})
+    qmp = checks["cpu-qmp"]
+    if qmp["status"] == "skip":  # the 6.x guest under TCG: the skip carries the guest's own line
+        assert qmp["evidence"]["accelerator"] == "tcg"
+        assert "plus 0 hotplug CPUs" in qmp["reason"]
+    else:
+        assert qmp["status"] == "pass"
+
+
+def test_boot_test_arm64(smoke_build):
+    out = smoke_build["arm64"]
+    checks = assert_full_run(ARM64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
+                                          "ptp-kvm-builtin"})
+    assert "cpu-qmp" not in checks and "acpi-dimm" not in checks
+
+
+# -- negative cases -------------------------------------------------------------------------------
+def test_missing_init_panics_and_fails_fast(smoke_build, tmp_path):
+    out = smoke_build["amd64"]
+    start = time.monotonic()
+    results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                           cmdline_extra=("rdinit=/no-such-init",), only=["boot"])
+    boot = results[0]
+    assert boot.status == "fail" and "Kernel panic - not syncing" in boot.reason
+    assert any("Kernel panic" in ln for ln in boot.evidence["console_tail"])
+    assert time.monotonic() - start < AMD64.boot_timeout_tcg / 2  # at the panic, not at the deadline
+
+
+def test_hang_times_out_with_last_lines(smoke_build, tmp_path):
+    out = smoke_build["amd64"]
+    results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                           init_text=HANG_INIT, boot_timeout=15, only=["boot"])
+    boot = results[0]
+    assert boot.status == "fail" and "timed out after 15s" in boot.reason
+    assert boot.evidence["console_tail"][-1] == "test init: about to hang"
+
+
+@pytest.mark.skipif(not DEBIAN_KERNELS, reason="no Debian generic kernel in /boot (linux-image-amd64)")
+def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
+    """Debian's generic kernel has virtio-mem only as a module, which the test initramfs never loads."""
+    kernel = DEBIAN_KERNELS[-1]
+    release = kernel.name.removeprefix("vmlinuz-")
+    results = {r.name: r for r in boottest.run(AMD64, kernel=kernel, release=release, results_dir=tmp_path,
+                                                only=["kernelrelease", "virtio-mem"])}
+    assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
+    assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
+    assert "virtio-mem" in results["virtio-mem"].reason
+
+
+@pytest.mark.parametrize("how", ["kill", "qmp-quit"])
+def test_qemu_dying_mid_test_is_an_infrastructure_error(smoke_build, tmp_path, how):
+    out = smoke_build["amd64"]
+    acc = detect_accel(AMD64)
+    spec = boottest.vm_spec(arch=AMD64, kernel=out / "vmlinuz", initrd=initramfs.build(AMD64), accel=acc)
+    with Vm(spec, log_dir=tmp_path, tag=how) as vm:
+        boot, guest = boottest.boot_guest(vm, arch=AMD64, accel=acc, release=release_of(out), timeout=60)
+        assert boot.status == "pass", boot.reason
+        if how == "kill":
+            vm.kill()
+        else:
+            vm.qmp.execute("quit")
+        start = time.monotonic()
+        result = run_check(MEMORY_CHECKS[0], guest)
+    assert result.status == "error", result.reason
+    assert "QEMU went away" in result.reason
+    assert time.monotonic() - start < 15
