@@ -1,0 +1,157 @@
+"""harness/configs.py: the committed configs (update-configs, audit) and moving the pin (upgrade)."""
+from __future__ import annotations
+
+import pytest
+
+from harness import configs
+from harness.__main__ import main
+from harness.errors import InvalidArgument
+from harness.layout import CONFIGS
+
+from build_fakes import cross_gcc, fake_tarball, mirror, world  # noqa: F401
+
+AMD64_CONFIG = "linux-config-amd64-6.12.117"
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# -- _set_pin_value -------------------------------------------------------------------------------------
+def test_set_pin_value_keeps_everything_else():
+    text = (CONFIGS / "kernel.toml").read_text()
+    new = configs._set_pin_value(text, None, "version", "6.12.200")
+    new = configs._set_pin_value(new, "kernelorg", "sha256", "a" * 64)
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    assert len(old_lines) == len(new_lines)
+    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    assert [b for _, b in changed] == ['version = "6.12.200"', f'sha256 = "{"a" * 64}"']
+    assert [a for a, _ in changed][0].startswith("version = ")
+    # the [kernelorg] sha256 changed, not the [debian] one
+    assert new.index(f'sha256 = "{"a" * 64}"') > new.index("[kernelorg]")
+    assert all(line in new_lines for line in old_lines if line.startswith("#"))  # comments kept
+
+
+def test_set_pin_value_in_a_section_only():
+    text = '# top\nversion = "1.2.3"\n\n[debian]\n# the package\npackage_version = "1"\nsha256 = ""\n' \
+           '[kernelorg]\nsha256 = ""  \n'
+    assert configs._set_pin_value(text, "debian", "sha256", "x") == (
+        '# top\nversion = "1.2.3"\n\n[debian]\n# the package\npackage_version = "1"\nsha256 = "x"\n'
+        '[kernelorg]\nsha256 = ""  \n')
+    # "version" does not match "package_version"
+    assert configs._set_pin_value(text, None, "version", "9.9.9").count('"9.9.9"') == 1
+    assert 'package_version = "1"' in configs._set_pin_value(text, None, "version", "9.9.9")
+
+
+@pytest.mark.parametrize("section, key", [("debian", "base_url"), ("nope", "sha256"), (None, "sha256")])
+def test_set_pin_value_missing_key(section, key):
+    text = 'version = "1.2.3"\n[debian]\nsha256 = ""\n'
+    with pytest.raises(InvalidArgument) as exc:
+        configs._set_pin_value(text, section, key, "x")
+    assert exc.value.step == "upgrade" and f"no {key} in [{section or 'top level'}]" in str(exc.value)
+
+
+# -- update-configs and audit through the CLI ------------------------------------------------------------
+@pytest.fixture
+def pinned(world, mirror, fake_tarball):
+    """The world pinned to the fake 6.12.117 on the loopback kernel.org mirror."""
+    mirror.publish(fake_tarball)
+    world.write_pin(kernelorg_sha256=fake_tarball.sha256)
+    return world
+
+
+def test_update_configs_then_audit(pinned, capsys):
+    committed = pinned.configs / AMD64_CONFIG
+    rc, out, err = run(capsys, "update-configs", "amd64")
+    assert rc == 0, err
+    assert out.startswith(f"{AMD64_CONFIG}: new (") and committed.is_file()
+    assert "CONFIG_VIRTIO_MEM=y" in committed.read_text()
+    assert run(capsys, "update-configs", "amd64")[1] == f"{AMD64_CONFIG}: unchanged\n"
+    rc, out, err = run(capsys, "audit", "amd64")
+    assert rc == 0, err
+    assert out.startswith(f"PASS amd64: {AMD64_CONFIG}: all ")
+
+
+def test_audit_of_a_stale_committed_config(pinned, capsys):
+    assert run(capsys, "update-configs", "amd64")[0] == 0
+    frag = pinned.configs / "fragments" / "virtio.config"
+    frag.write_text(frag.read_text().replace("CONFIG_VIRTIO_BALLOON=m\n", ""))  # still satisfied, but stale
+    rc, out, err = run(capsys, "audit", "amd64")
+    assert rc == 1
+    assert out.startswith(f"FAIL amd64: {AMD64_CONFIG} is stale; the fragments now resolve to:\n-VIRTIO_BALLOON m")
+    assert err.startswith("error: [audit] 1 committed config(s) failed (log: ")
+
+
+def test_audit_of_a_committed_config_missing_a_requested_option(pinned, capsys):
+    assert run(capsys, "update-configs", "amd64")[0] == 0
+    committed = pinned.configs / AMD64_CONFIG
+    committed.write_text(committed.read_text().replace("CONFIG_VIRTIO_MEM=y\n", ""))
+    rc, out, err = run(capsys, "audit", "amd64")
+    assert rc == 1
+    assert out.splitlines()[:2] == [
+        f"FAIL amd64: {AMD64_CONFIG}: 1 requested option(s) dropped or changed",
+        "  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at configs/fragments/virtio.config:5); "
+        "Kconfig: drivers/virtio/Kconfig:21: depends on X86_64 || ARM64 || RISCV; depends on VIRTIO; depends on "
+        "MEMORY_HOTPLUG; depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM"]
+
+
+def test_audit_without_a_committed_config(pinned, capsys):
+    rc, out, err = run(capsys, "audit", "amd64")
+    assert rc == 1 and out == (f"FAIL amd64: {AMD64_CONFIG} is missing; create it with 'nox -s update-configs'\n")
+
+
+def test_update_configs_refuses_a_config_that_drops_a_requested_option(world, mirror, capsys):
+    tarball = world.pack(unsatisfiable=("CONFIG_MEMORY_HOTREMOVE",))
+    mirror.publish(tarball)
+    world.write_pin(kernelorg_sha256=tarball.sha256)
+    rc, out, err = run(capsys, "update-configs", "amd64")
+    assert rc == 2
+    assert err.startswith("error: [audit] amd64/production: CONFIG_MEMORY_HOTREMOVE: requested y, resolved n "
+                          "(absent) (asked for at configs/fragments/virtio.config:4); Kconfig: mm/Kconfig:10:")
+    assert not (world.configs / AMD64_CONFIG).exists()
+
+
+# -- upgrade ---------------------------------------------------------------------------------------
+def test_upgrade_moves_the_pin_and_the_configs(pinned, mirror, capsys, cross_gcc):
+    assert run(capsys, "update-configs")[0] == 0  # both arches
+    new = pinned.pack("6.12.118")
+    mirror.publish(new)
+    pin_before = (pinned.configs / "kernel.toml").read_text()
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
+    assert rc == 0, err
+    assert f"{AMD64_CONFIG} -> linux-config-amd64-6.12.118:\n  (no change)" in out
+    assert out.endswith("pinned 6.12.118; review 'git diff configs/' and commit\n")
+    assert sorted(p.name for p in pinned.configs.glob("linux-config-*")) == [
+        "linux-config-aarch64-6.12.118", "linux-config-amd64-6.12.118"]
+    pin_after = (pinned.configs / "kernel.toml").read_text()
+    changed = [(a, b) for a, b in zip(pin_before.splitlines(), pin_after.splitlines()) if a != b]
+    assert [b for _, b in changed] == ['version = "6.12.118"', f'sha256 = "{new.sha256}"']
+    assert not (pinned.configs / ".kernel.toml.upgrade").exists()
+
+
+def test_failed_upgrade_changes_nothing(pinned, mirror, capsys, cross_gcc):
+    assert run(capsys, "update-configs", "amd64")[0] == 0
+    before = {p.name: p.read_bytes() for p in pinned.configs.iterdir() if p.is_file()}
+    new = pinned.pack("6.12.118", unsatisfiable=("VIRTIO_MEM",))
+    mirror.publish(new)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
+    assert rc == 2 and err.startswith("error: [audit] amd64/production on 6.12.118: CONFIG_VIRTIO_MEM: ")
+    assert {p.name: p.read_bytes() for p in pinned.configs.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["upgrade", "6.12.118"], "error: [upgrade] upgrade needs --debian-version"),
+    (["upgrade", "6.12"], "error: [upgrade] upgrade needs --debian-version"),
+    (["upgrade", "six"], "error: [source] malformed kernel version 'six'"),
+    (["upgrade", "6.12.118", "--debian-version", "6.12.118-1"],
+     "error: [upgrade] linux-source-6.12 6.12.118-1 is not installed (have none); "
+     "run 'apt-get install linux-source-6.12=6.12.118-1' first"),
+])
+def test_upgrade_bad_input(pinned, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(configs.source, "dpkg_version", lambda pkg: None)
+    before = (pinned.configs / "kernel.toml").read_text()
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and err.startswith(message), err
+    assert (pinned.configs / "kernel.toml").read_text() == before
