@@ -155,7 +155,10 @@ def build(req: BuildRequest) -> dict:
             kconfig.install(resolved, req.build_dir / ".config")
         build_log = logs / "build.log"
         counter = req.build_dir / ".harness-object-count"
-        expected = int(counter.read_text()) if counter.is_file() else None
+        try:  # only a hint: a missing or half-written count (an interrupted write) is ignored
+            expected = int(counter.read_text())
+        except (OSError, ValueError):
+            expected = None
         progress = _MakeProgress(f"build {req.arch.name}/{req.variant.name}", expected)
         with timed("make"):
             try:

@@ -65,8 +65,8 @@ def parse_fragment(path: Path) -> list[Request]:
         if not line:
             continue
         m = _SET.match(line)
-        if m:
-            reqs.append(Request(m[1], "n" if m[2] == "n" else m[2], path, no))
+        if m and m[2]:  # "CONFIG_X=" (no value) is malformed, not a request for ""
+            reqs.append(Request(m[1], m[2], path, no))
             continue
         m = _UNSET.match(line)
         if m:

@@ -155,9 +155,10 @@ def _download(url: str, dest: Path, *, timeout: float = 60) -> None:
 def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict:
     """Check kernel.org's signed sha256sums.asc against a pinned keyring, where possible.
     Returns {"signature": "verified" | "not run: <why>"}; raises on a bad signature or listing."""
-    keyring = REPO / pin.kernelorg.get("keyring", "configs/keys/kernel.org.gpg")
-    if not keyring.is_file():
-        return {"signature": f"not run: no pinned keyring at {keyring.relative_to(REPO)}"}
+    configured = pin.kernelorg.get("keyring", "configs/keys/kernel.org.gpg")
+    keyring = REPO / configured
+    if not keyring.is_file():  # (the configured path: an absolute one is outside the repository)
+        return {"signature": f"not run: no pinned keyring at {configured}"}
     url = kernelorg_url(pin, version).rsplit("/", 1)[0] + "/sha256sums.asc"
     sums = cache_root() / "downloads" / f"sha256sums-{version}.asc"
     try:
