@@ -108,7 +108,10 @@ class Console:
         limit = timeout * (self.scale if scaled else 1.0)
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
         patterns = [regex] + ([FAILURE_RE] if watch else []) + [pexpect.EOF, pexpect.TIMEOUT]
-        idx = self.child.expect(patterns, timeout=limit)
+        try:
+            idx = self.child.expect(patterns, timeout=limit)
+        except OSError as exc:  # e.g. ECONNRESET: QEMU was killed
+            raise self.on_eof() from exc
         if idx == 0:
             return self.child.match
         if watch and idx == 1:

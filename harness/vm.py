@@ -333,14 +333,14 @@ class Vm:
             conn, _ = self._listener.accept()
             return conn
         if self.proc.poll() is not None:
-            raise QemuDied(f"QEMU exited {self.proc.returncode} before connecting: {self._qemu_last_line()}",
+            raise QemuDied(f"QEMU exited {self.proc.returncode} before connecting: {self._qemu_last_line() or '(no output)'}",
                            step="qemu", log=self.qemu_log)
         raise InfraError(f"QEMU did not connect its console within {timeout:.0f}s", step="qemu", log=self.qemu_log)
 
     def _qemu_last_line(self) -> str:
         self._qemu_logfh.flush()
         lines = [ln for ln in self.qemu_log.read_text(errors="replace").splitlines()[1:] if ln.strip()]
-        return lines[-1].strip()[:300] if lines else "(no output)"
+        return lines[-1].strip()[:300] if lines else ""
 
     def lost_error(self) -> HarnessError:
         """The error for a console or QMP connection that closed under us.
@@ -367,7 +367,8 @@ class Vm:
                                 step="qemu", log=self.console_log, tail=tail)
         state = "still running" if rc is None else f"exit status {rc}"
         why = f"; shutdown reason {reasons[0]}" if reasons else ""
-        return QemuDied(f"QEMU went away mid-test ({state}{why}): {self._qemu_last_line()}",
+        said = self._qemu_last_line()
+        return QemuDied(f"QEMU went away mid-test ({state}{why})" + (f": {said}" if said else ""),
                         step="qemu", log=self.qemu_log)
 
     def kill(self) -> None:
