@@ -1,8 +1,6 @@
 """Check logic with fake guests: outcome mapping, skips that need evidence, selection per arch."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness import boottest

@@ -39,6 +39,16 @@ def test_boot_reaches_shell(console):
     assert m.group(1) == "6.1.0-56-amd64"
 
 
+def test_smoke_612_boot_and_its_topology_line(console):
+    from harness.checks.cpu_hotplug import TOPOLOGY_RE
+
+    con, guest = console
+    guest.sendall(guest_output("amd64-smoke612-boot-test.log"))
+    assert con.wait(boottest.READY_RE, timeout=5, step="boot").group(1) == "6.12.117-neonvm-smoke"
+    m = TOPOLOGY_RE.search((CONSOLE / "amd64-smoke612-boot-test.log").read_text())
+    assert m and m.group(0) == "Allowing 2 present CPUs plus 0 hotplug CPUs"
+
+
 def test_arm64_boot_reaches_shell(console):
     con, guest = console
     guest.sendall(guest_output("arm64-debian61-boot-test.log"))
