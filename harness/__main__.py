@@ -103,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--source", help="debian, kernelorg, or a path to a local tarball (default: the pin's provider)")
     b.add_argument("--sha256", help="expected sha256 of a kernel.org or local tarball")
     b.add_argument("--kernel-version", help="kernel version (default: the pinned one)")
-    b.add_argument("--suffix", help="version suffix, EXTRAVERSION (default: the variant's, e.g. -neonvm)")
+    b.add_argument("--suffix", help="version suffix, EXTRAVERSION; write it as --suffix=-rc1 "
+                   "(default: the variant's, e.g. -neonvm)")
     b.add_argument("--out", help="output directory (default: out/<arch> or out/<variant>-<arch>)")
     b.add_argument("-j", "--jobs", type=int, default=jobs)
     b.add_argument("--no-ccache", action="store_true", help="do not use ccache even when installed")

@@ -24,7 +24,7 @@ from .patches import Series
 LOG = logging.getLogger(__name__)
 SUFFIX_RE = re.compile(r"^[-+.~_A-Za-z0-9]{0,40}$")
 # kbuild's quiet output: "  CC      kernel/fork.o"
-_KBUILD_LINE = re.compile(r"^\s{2}([A-Z0-9_]+(?:\s\[M\])?)\s+(\S+)")
+_KBUILD_LINE = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*(?:\s\[M\])?)\s+(\S+)")
 # Reproducible builds and ccache hits across build directories.
 BUILD_ENV = {"KBUILD_BUILD_USER": "neonvm", "KBUILD_BUILD_HOST": "neonvm-harness"}
 
@@ -81,7 +81,7 @@ def compiler_vars(req: BuildRequest) -> list[str]:
 
 def make_env() -> dict[str, str]:
     env = dict(BUILD_ENV)
-    env.setdefault("KBUILD_BUILD_TIMESTAMP", "2024-01-01 00:00:00 UTC")
+    env["KBUILD_BUILD_TIMESTAMP"] = os.environ.get("KBUILD_BUILD_TIMESTAMP", "2024-01-01 00:00:00 UTC")
     env["CCACHE_BASEDIR"] = str(cache_root())
     env["CCACHE_NOHASHDIR"] = "1"
     return env
@@ -167,7 +167,7 @@ def build(req: BuildRequest) -> dict:
             except CommandTimeout:
                 raise
             except CommandFailed as exc:
-                raise BuildFailed(f"make failed: {_first_error(build_log) or exc.message}",
+                raise BuildFailed(f"make failed: {proc.first_error(build_log) or exc.message}",
                                   step="make", log=build_log) from exc
             progress.bar.done(f"{progress.bar.count} objects")
             if progress.bar.count > 50:
@@ -177,6 +177,9 @@ def build(req: BuildRequest) -> dict:
                       label=f"{label} (after build)", srcarch=req.arch.srcarch)
         release = proc.capture(["make", "-s", f"O={req.build_dir}", *make_vars(req), "kernelrelease"],
                                step="kernelrelease", cwd=src_tree).strip()
+        if not release.startswith(src.version):
+            raise BuildFailed(f"make kernelrelease printed {release!r}, not a release of {src.version}",
+                              step="kernelrelease", log=build_log)
         with timed("collect"):
             artifacts = {}
             for name, path in (("vmlinuz", req.build_dir / req.arch.image_path),
@@ -221,14 +224,3 @@ def check_committed(src_tree: Path, req: BuildRequest, version: str, resolved: P
         raise ConfigAuditFailed(f"committed {committed.name} differs from what the fragments resolve to "
                                 f"({n} option(s)); review and commit with 'nox -s update-configs'",
                                 step="config", log=log)
-
-
-_ERR = re.compile(r"(error:|Error \d+|undefined reference|No rule to make target)")
-
-
-def _first_error(log: Path) -> str:
-    text = log.read_text(errors="replace")
-    for line in text.splitlines():
-        if _ERR.search(line) and not line.startswith("###"):
-            return line.strip()[:200]
-    return ""

@@ -67,6 +67,10 @@ class SourceVersionMismatch(InputError):
     pass
 
 
+class CorruptSource(InputError):
+    pass
+
+
 # -- kernel ----------------------------------------------------------------------------------------
 class PatchFailed(KernelError):
     pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -135,9 +136,9 @@ def run(
             returncode=proc.returncode, argv=argv,
         )
     if check and proc.returncode != 0:
-        last = next((t for t in reversed(tail) if t.strip()), "")
+        last = first_error(log) or next((t.strip()[:200] for t in reversed(tail) if t.strip()), "")
         raise CommandFailed(
-            f"{Path(argv[0]).name} exited {proc.returncode}" + (f": {last.strip()[:200]}" if last else ""),
+            f"{Path(argv[0]).name} exited {proc.returncode}" + (f": {last}" if last else ""),
             step=step, log=log, returncode=proc.returncode, argv=argv,
         )
     return result
@@ -161,6 +162,23 @@ def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: floa
             returncode=cp.returncode, argv=argv,
         )
     return cp.stdout
+
+
+_ERROR_LINE = re.compile(r"(\berror:|\*\*\* .*Error \d+|undefined reference|No rule to make target|"
+                         r"not found|No such file|fatal:)", re.I)
+
+
+def first_error(log: Path) -> str:
+    """The first error-looking line of the last step in ``log`` (for one-line error messages)."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return ""
+    text = text[text.rfind("\n### step"):]
+    for line in text.splitlines():
+        if not line.startswith("###") and _ERROR_LINE.search(line):
+            return line.strip()[:200]
+    return ""
 
 
 class Progress:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from . import proc
-from .errors import SourceVersionMismatch
+from .errors import CommandFailed, CommandTimeout, CorruptSource, SourceVersionMismatch
 from .layout import cache_root, exclusive_lock
 from .patches import Series
 from .source import Source, tarball_version_from_makefile
@@ -45,8 +45,14 @@ def prepare(source: Source, series: Series, *, log: Path) -> Path:
         tmp.mkdir()
         try:
             LOG.info("[%s] unpacking %s", STEP, source.path)
-            proc.run(["tar", "-xf", source.path, "-C", tmp, "--strip-components=1"],
-                     step=STEP, log=log, timeout=1800)
+            try:
+                proc.run(["tar", "-xf", source.path, "-C", tmp, "--strip-components=1"],
+                         step=STEP, log=log, timeout=1800)
+            except CommandFailed as exc:
+                if isinstance(exc, CommandTimeout):
+                    raise
+                raise CorruptSource(f"{source.path} does not unpack ({exc.message}): truncated or corrupt",
+                                    step=STEP, log=log) from exc
             makefile = tmp / "Makefile"
             if not makefile.is_file():
                 raise SourceVersionMismatch(f"{source.path} is not a kernel source tarball (no top-level "

@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from harness import source, tree
-from harness.errors import CommandFailed, SourceVersionMismatch
+from harness.errors import CorruptSource, SourceVersionMismatch
 from harness.patches import Series
 
 from build_fakes import PATCH_NEW_FILE, VERSION, fake_tarball, sha256, world  # noqa: F401
@@ -63,10 +63,11 @@ def test_truncated_tarball_leaves_no_tree(world, fake_tarball):
     truncated.write_bytes(data[: len(data) // 2])
     src = source.resolve(world.pin(), path=truncated, sha256=sha256(truncated), log=world.tmp / "s.log")
     log = world.tmp / "unpack.log"
-    with pytest.raises(CommandFailed) as exc:
+    with pytest.raises(CorruptSource) as exc:
         tree.prepare(src, Series.load(), log=log)
-    assert exc.value.step == "unpack" and exc.value.log == log and exc.value.returncode != 0
-    assert str(exc.value).startswith("[unpack] tar exited ") and str(exc.value).endswith(f"(log: {log})")
+    assert exc.value.step == "unpack" and exc.value.log == log
+    assert str(exc.value).startswith(f"[unpack] {truncated} does not unpack (tar exited ")
+    assert "truncated or corrupt" in str(exc.value) and str(exc.value).endswith(f"(log: {log})")
     assert world.tree_dirs() == []
 
 
