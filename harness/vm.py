@@ -269,6 +269,11 @@ class Vm:
     proc: subprocess.Popen | None = field(default=None, init=False)
     started: float = field(default=0.0, init=False)
 
+    def __post_init__(self) -> None:
+        self._rundir: Path | None = None  # holds the sockets; removed at shutdown
+        self._listener: socket.socket | None = None
+        self._qemu_logfh = None
+
     @property
     def console_log(self) -> Path:
         return self.log_dir / f"{self.tag}.console.log"
@@ -392,17 +397,16 @@ class Vm:
         if self.console is not None:
             self.console.close()
             self.console = None
-        if getattr(self, "_listener", None) is not None:
+        if self._listener is not None:
             self._listener.close()
             self._listener = None
-        fh = getattr(self, "_qemu_logfh", None)
+        fh = self._qemu_logfh
         if fh is not None and not fh.closed:
             if self.proc is not None:
                 fh.write(f"### QEMU exit status {self.proc.returncode}\n")
             fh.close()
-        rundir = getattr(self, "_rundir", None)
-        if rundir is not None:
-            shutil.rmtree(rundir, ignore_errors=True)
+        if self._rundir is not None:
+            shutil.rmtree(self._rundir, ignore_errors=True)
             self._rundir = None
 
     @property
