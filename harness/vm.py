@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import platform
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -45,6 +47,7 @@ TOOLS_DRIVE_ID = "tools"
 TCG_SCALE = 3.0  # guest-side timeouts under TCG are this many times the KVM ones
 ACCELS = ("auto", "kvm", "tcg")
 # SHUTDOWN reasons that mean the guest itself went away (a kernel problem, not the host's).
+PR_SET_PDEATHSIG = 1
 GUEST_SHUTDOWN_REASONS = ("guest-reset", "guest-shutdown", "guest-panic")
 
 
@@ -257,6 +260,12 @@ class Qmp:
         self._loop.close()
 
 
+def _die_with_harness() -> None:
+    """Runs in the QEMU child before exec: if the harness itself is killed (SIGKILL, OOM) and cannot
+    tear QEMU down, the kernel kills QEMU (PR_SET_PDEATHSIG), so no VM outlives its test."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass
 class Vm:
     """One QEMU run. ``with Vm(spec, log_dir=..., tag=...) as vm:`` launches; exit tears down."""
@@ -321,7 +330,8 @@ class Vm:
         LOG.info("[qemu] $ %s", proc.quote(argv))
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_logfh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_harness)
         conn = self._accept_console(timeout=30)
         self.console = Console(conn.detach(), self.console_log, on_eof=self.lost_error, scale=self.spec.accel.scale)
         self.console.note(f"QEMU started ({self.spec.accel.name}): {proc.quote(argv)}")
