@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,6 @@ class Guest:
     tools_img: Path | None = None
     tools_required: bool = False
     boot_dmesg: str = ""
-    facts: dict = field(default_factory=dict)
 
     @property
     def console(self):
