@@ -86,9 +86,9 @@ def test_missing_init_panics_and_fails_fast(smoke_build, tmp_path):
 def test_hang_times_out_with_last_lines(smoke_build, tmp_path):
     out = smoke_build["amd64"]
     results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
-                           init_text=HANG_INIT, boot_timeout=15, only=["boot"])
+                           init_text=HANG_INIT, boot_timeout=10, only=["boot"])
     boot = results[0]
-    assert boot.status == "fail" and "timed out after 15s" in boot.reason
+    assert boot.status == "fail" and "timed out after 10s" in boot.reason
     assert "test init: about to hang" in boot.evidence["console_tail"][-5:]
 
 

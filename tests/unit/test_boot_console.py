@@ -49,10 +49,12 @@ def test_smoke_612_boot_and_its_topology_line(console):
     assert m and m.group(0) == "Allowing 2 present CPUs plus 0 hotplug CPUs"
 
 
-def test_arm64_boot_reaches_shell(console):
+@pytest.mark.parametrize("name,release", [("arm64-debian61-boot-test.log", "6.1.0-56-arm64"),
+                                          ("arm64-smoke612-boot-test.log", "6.12.117-neonvm-smoke")])
+def test_arm64_boot_through_uefi_reaches_shell(console, name, release):
     con, guest = console
-    guest.sendall(guest_output("arm64-debian61-boot-test.log"))
-    assert con.wait(boottest.READY_RE, timeout=5, step="boot").group(1) == "6.1.0-56-arm64"
+    guest.sendall(guest_output(name))  # firmware escape sequences and all
+    assert con.wait(boottest.READY_RE, timeout=5, step="boot").group(1) == release
 
 
 def test_panic_fails_fast_with_last_lines(console):
