@@ -49,3 +49,14 @@ def smoke_build() -> dict[str, Path]:
 def no_virtio_mem_build() -> dict[str, Path]:
     """{arch: OUT dir} of the smoke kernel without virtio-mem (negative boot test)."""
     return _LazyBuilds("no-virtio-mem")
+
+
+@pytest.fixture(scope="session")
+def smoke_tools(smoke_build) -> dict[str, Path]:
+    """{arch: OUT dir} of the smoke kernel with its tools.img built (incremental perf objdirs)."""
+    from harness import toolsimage
+    from harness.arch import get_arch
+
+    for arch in ARCHES:
+        toolsimage.build_tools_image(get_arch(arch), smoke_build[arch], jobs=2)
+    return {arch: smoke_build[arch] for arch in ARCHES}

@@ -33,7 +33,7 @@ def checks_of(out: Path) -> dict[str, dict]:
 
 
 def assert_full_run(arch, out: Path, expected_pass: set[str]) -> dict[str, dict]:
-    ok = boottest.boot_test(arch, out)
+    ok = boottest.boot_test(arch, out, require_tools=True)
     checks = checks_of(out)
     assert ok, {n: (c["status"], c["reason"]) for n, c in checks.items() if c["status"] in ("fail", "error")}
     for name in expected_pass:
@@ -46,14 +46,15 @@ def assert_full_run(arch, out: Path, expected_pass: set[str]) -> dict[str, dict]
     else:
         assert checks["ptp-kvm"]["status"] == "pass"
     tools = checks["tools"]
-    assert tools["status"] == ("pass" if (out / "tools.img").is_file() else "skip"), tools["reason"]
+    assert tools["status"] == "pass", tools["reason"]
+    assert tools["evidence"]["perf_version"].startswith("perf version 6.12")
     for name in ("results.xml", "boot.console.log", "boot.qemu.log"):
         assert (out / "boot" / name).stat().st_size > 0
     return checks
 
 
-def test_boot_test_amd64(smoke_build):
-    out = smoke_build["amd64"]
+def test_boot_test_amd64(smoke_tools):
+    out = smoke_tools["amd64"]
     checks = assert_full_run(AMD64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
                                           "acpi-dimm", "ptp-kvm-builtin"})
     qmp = checks["cpu-qmp"]
@@ -64,8 +65,8 @@ def test_boot_test_amd64(smoke_build):
         assert qmp["status"] == "pass"
 
 
-def test_boot_test_arm64(smoke_build):
-    out = smoke_build["arm64"]
+def test_boot_test_arm64(smoke_tools):
+    out = smoke_tools["arm64"]
     checks = assert_full_run(ARM64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
                                           "ptp-kvm-builtin"})
     assert "cpu-qmp" not in checks and "acpi-dimm" not in checks
@@ -102,6 +103,17 @@ def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
     assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
     assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
     assert "virtio-mem" in results["virtio-mem"].reason
+
+
+def test_our_kernel_built_without_virtio_mem_fails_the_check(no_virtio_mem_build, tmp_path):
+    """The smoke kernel with CONFIG_VIRTIO_MEM off (variant no-virtio-mem): a failure, never a skip."""
+    out = no_virtio_mem_build["amd64"]
+    assert "CONFIG_VIRTIO_MEM=y" not in (out / "config").read_text()
+    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
+                                                results_dir=tmp_path, only=["kernelrelease", "virtio-mem"])}
+    assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
+    assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
+    assert "no virtio-mem driver" in results["virtio-mem"].reason
 
 
 @pytest.mark.parametrize("how", ["kill", "qmp-quit"])
