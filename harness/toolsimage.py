@@ -5,7 +5,7 @@ Data flow: OUT/manifest.json (a finished kernel build) -> a static perf built fr
 an installed root (``bin/ include/ lib/modules/<kernelrelease>/``) -> an ext4 filesystem labelled
 ``vm-tools`` populated in sorted order with fixed UUIDs, hash seed and timestamps -> a GPT disk image
 with that one partition -> OUT/tools.img (renamed into place when complete) + OUT/tools-manifest.json
-+ OUT/tools-files.sha256.
++ OUT/tools-files.tsv.
 
 Nothing here needs root: the filesystem is made with ``mkfs.ext4`` on a regular file and filled with
 ``debugfs -w`` (one script, one process), the partition table is written by ``sfdisk`` on a regular
@@ -42,7 +42,7 @@ TOP_LEVEL = ("bin", "include", "lib")  # plus lost+found, which mke2fs creates
 FS_TOP_LEVEL_EXTRA = ("lost+found",)
 IMAGE_NAME = "tools.img"
 MANIFEST_NAME = "tools-manifest.json"
-FILES_NAME = "tools-files.sha256"
+FILES_NAME = "tools-files.tsv"  # kind, size, sha256 (files), path: the tree the image holds
 
 SECTOR = 512
 ALIGN = 1 << 20  # partition start and image end are 1 MiB aligned; GPT needs 34 sectors at each end
@@ -447,12 +447,17 @@ def make_image(tree: Path, image: Path, *, label: str = FS_LABEL, seed: str, sou
                      apparent_size=apparent_size(entries), counts=counts)
 
 
-def tree_checksums(tree: Path) -> str:
-    """sha256sum-style lines (``HASH  ./path``) for every regular file, in path order."""
+KIND_CODES = {"file": "r", "dir": "d", "symlink": "l"}  # as libguestfs filesystem_walk names them
+
+
+def tree_listing(tree: Path) -> str:
+    """One line per entry, in path order: ``kind<TAB>size<TAB>sha256<TAB>path`` (sha256 and size are
+    ``-`` where they do not apply). What inspection compares the image's own listing with."""
     lines = []
     for e in scan_tree(tree):
-        if e.kind == "file":
-            lines.append(f"{sha256_file(Path(tree) / e.path)}  ./{e.path}")
+        digest = sha256_file(Path(tree) / e.path) if e.kind == "file" else "-"
+        size = str(e.size) if e.kind != "dir" else "-"
+        lines.append(f"{KIND_CODES[e.kind]}\t{size}\t{digest}\t{e.path}")
     return "\n".join(lines) + "\n"
 
 
@@ -498,6 +503,7 @@ def kernelrelease_of(kb: KernelBuild) -> str:
 
 def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -> None:
     """Lay out bin/perf, include/ and lib/modules/<kernelrelease>/ under ``stage``."""
+    stage = Path(stage).resolve()
     release = kb.kernelrelease
     (stage / "bin").mkdir(parents=True)
     proc.run([f"{kb.arch.cross_compile}strip", "-o", str(stage / "bin" / "perf"), str(perf_binary)],
@@ -536,8 +542,8 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
 
 
 def build_tools_image(arch: Arch, out_dir: Path, *, jobs: int) -> Path:
-    """Build OUT/tools.img (+ tools-manifest.json, tools-files.sha256) for the kernel built in OUT."""
-    out_dir = Path(out_dir)
+    """Build OUT/tools.img (+ tools-manifest.json, tools-files.tsv) for the kernel built in OUT."""
+    out_dir = Path(out_dir).resolve()  # make -C changes directory: every path handed to it is absolute
     kb = KernelBuild.from_out(arch, out_dir)
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -570,14 +576,14 @@ def build_tools_image(arch: Arch, out_dir: Path, *, jobs: int) -> Path:
 def package(tree: Path, out_dir: Path, *, arch: Arch, kernelrelease: str, source_date: int, log: Path,
             work: Path, label: str = FS_LABEL, table: str | None = PARTITION_TABLE,
             extra: dict | None = None) -> ImageInfo:
-    """Turn a staged tree into OUT/tools.img + OUT/tools-manifest.json + OUT/tools-files.sha256."""
+    """Turn a staged tree into OUT/tools.img + OUT/tools-manifest.json + OUT/tools-files.tsv."""
     out_dir = Path(out_dir)
     for stale in (MANIFEST_NAME, FILES_NAME):  # never leave an old manifest beside a new image
         with contextlib.suppress(FileNotFoundError):
             (out_dir / stale).unlink()
     info = make_image(tree, out_dir / IMAGE_NAME, label=label, seed=f"{arch.name}/{kernelrelease}",
                       source_date=source_date, log=log, work=work, table=table)
-    atomic_write_text(out_dir / FILES_NAME, tree_checksums(tree))
+    atomic_write_text(out_dir / FILES_NAME, tree_listing(tree))
     tree_sizes = {p.name: apparent_size(scan_tree(p)) for p in sorted(Path(tree).iterdir()) if p.is_dir()}
     file_data = info.fs.blocks - info.fs.free_blocks  # used blocks, then split into data and metadata
     data_blocks = sum(math.ceil(e.size / info.fs.block_size) for e in scan_tree(tree) if e.kind == "file")

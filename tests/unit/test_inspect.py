@@ -18,16 +18,33 @@ from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, package
 AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
 
 
-def test_parse_checksums_normalises_paths():
-    text = "aa  ./bin/perf\nbb  include/x.h\n\n"
-    assert inspect.parse_checksums(text) == {"./bin/perf": "aa", "./include/x.h": "bb"}
+def test_listing_round_trip_and_walk_format():
+    text = "d\t-\t-\tbin\nr\t3136\tab\tbin/perf\nl\t22\t-\tinc\n"
+    assert inspect.parse_listing(text) == {"bin": ("d", "-"), "bin/perf": ("r", "3136"), "inc": ("l", "22")}
+    walk = [{"tsk_name": ".", "tsk_type": "d", "tsk_size": 1024, "tsk_flags": 1},
+            {"tsk_name": "bin", "tsk_type": "d", "tsk_size": 1024, "tsk_flags": 1},
+            {"tsk_name": "bin/perf", "tsk_type": "r", "tsk_size": 3136, "tsk_flags": 1},
+            {"tsk_name": "bin/old", "tsk_type": "r", "tsk_size": 5, "tsk_flags": 2},  # unallocated
+            {"tsk_name": "inc", "tsk_type": "l", "tsk_size": 22, "tsk_flags": 1},
+            {"tsk_name": "$OrphanFiles", "tsk_type": "d", "tsk_size": 0, "tsk_flags": 1}]
+    assert inspect.walk_listing(walk) == inspect.parse_listing(text)
 
 
-def test_compare_checksums_names_each_difference():
-    want = {"./bin/perf": "a", "./include/x.h": "b"}
-    got = {"./bin/perf": "z", "./extra": "c", "./lost+found/x": "d"}
-    assert inspect.compare_checksums(want, got) == [
-        "content of bin/perf differs", "missing include/x.h", "unexpected extra"]
+def test_compare_listings_names_each_difference():
+    want = {"bin": ("d", "-"), "bin/perf": ("r", "3136"), "include/x.h": ("r", "5"), "inc": ("l", "3")}
+    got = {"bin": ("d", "-"), "bin/perf": ("r", "100"), "inc": ("r", "3"), "extra": ("r", "1"),
+           "lost+found": ("d", "-")}
+    assert inspect.compare_listings(want, got) == [
+        "bin/perf is 100 bytes, expected 3136 (truncated?)", "missing include/x.h",
+        "inc is a file, expected a symlink", "unexpected extra"]
+
+
+def test_tree_listing_matches_what_the_walk_would_say(tmp_path):
+    tree = fake_tree(tmp_path / "t", AMD64)
+    listing = inspect.parse_listing(toolsimage.tree_listing(tree))
+    assert listing["bin/perf"] == ("r", str((tree / "bin" / "perf").stat().st_size))
+    assert listing[f"lib/modules/{RELEASE}/build/usr/include"] == ("l", str(len("../../../../../include")))
+    assert listing["lib"] == ("d", "-")
 
 
 def test_expectation_reports_unreadable_inputs(tmp_path):
@@ -141,12 +158,13 @@ def _build_cases(base: Path) -> dict[str, tuple]:
     out, tree = new("truncated-perf")
     package(tree, out, AMD64)
     # the tree changes after its checksums were recorded: a truncated perf in the image
-    good_sums = (out / "tools-files.sha256").read_text()
+    good_listing = (out / toolsimage.FILES_NAME).read_text()
     with open(tree / "bin" / "perf", "r+b") as fh:
         fh.truncate(100)
     package(tree, out, AMD64)
-    (out / "tools-files.sha256").write_text(good_sums)
-    cases["truncated-perf"] = (AMD64, out, {"perf-static-elf": "truncated", "contents": "bin/perf differs"})
+    (out / toolsimage.FILES_NAME).write_text(good_listing)
+    cases["truncated-perf"] = (AMD64, out, {"perf-static-elf": "truncated",
+                                            "listing": "bin/perf is 100 bytes, expected"})
 
     out, tree = new("truncated-image")
     package(tree, out, AMD64)
