@@ -321,6 +321,7 @@ class FsInfo:
     blocks: int
     free_blocks: int
     inodes: int
+    free_inodes: int
     block_size: int
     uuid: str
     attempts: int
@@ -370,7 +371,7 @@ def make_filesystem(tree: Path, fs_path: Path, *, label: str, fs_uuid: str, hash
     for p in (conf, script):
         p.unlink()
     return FsInfo(path=fs_path, blocks=int(hdr["Block count"]), free_blocks=int(hdr["Free blocks"]),
-                  inodes=int(hdr["Inode count"]), block_size=int(hdr["Block size"]),
+                  inodes=int(hdr["Inode count"]), free_inodes=int(hdr["Free inodes"]), block_size=int(hdr["Block size"]),
                   uuid=hdr["Filesystem UUID"], attempts=attempt)
 
 
