@@ -2,7 +2,7 @@
 
 Every finding is a named check (pass/fail + reason) in OUT/inspect/results.json and results.xml.
 Expectations come from the kernel build (OUT/manifest.json, OUT/config) and from the image build
-(OUT/tools-manifest.json, OUT/tools-files.sha256), never from the image itself.
+(OUT/tools-manifest.json, OUT/tools-files.tsv), never from the image itself.
 
 An appliance that cannot launch is an InfraError naming the step and the log that holds
 libguestfs's trace and verbose output; a wrong image is a set of failed checks.
