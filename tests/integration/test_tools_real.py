@@ -49,16 +49,63 @@ def test_image_is_reproducible(tools_images):
     assert _manifest(out)["image"]["sha256"] == first
 
 
-def test_amd64_perf_runs_on_the_host(tools_images, tmp_path):
-    """The staged perf is gone after packaging; the same binary, stripped, is in the perf objdir."""
-    kb = toolsimage.KernelBuild.from_out(ARCHES["amd64"], tools_images["amd64"])
-    perf = toolsimage.perf_objdir(kb.arch, kb.tree) / "perf"
+def _unpack(out: Path, dest: Path) -> Path:
+    """The image's tree, read back without root: the filesystem cut out at the partition offset,
+    then ``debugfs rdump``."""
+    m = _manifest(out)
+    fs_bytes = m["filesystem"]["blocks"] * m["filesystem"]["block_size"]
+    fs = dest / "fs.ext4"
+    with open(out / toolsimage.IMAGE_NAME, "rb") as src, open(fs, "wb") as dst:
+        src.seek(toolsimage.ALIGN)
+        dst.write(src.read(fs_bytes))
+    root = dest / "root"
+    root.mkdir()
+    subprocess.run(["debugfs", "-R", f"rdump / {root}", str(fs)], check=True, capture_output=True)
+    return root
+
+
+HELLO = """#include <linux/module.h>
+static int __init hello_init(void) { return 0; }
+static void __exit hello_exit(void) { }
+module_init(hello_init);
+module_exit(hello_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+def test_amd64_image_tree_works_on_the_host(tools_images, tmp_path):
+    """perf from the image runs; an out-of-tree module builds against the image's headers tree."""
+    out = tools_images["amd64"]
+    release = _manifest(out)["kernelrelease"]
+    root = _unpack(out, tmp_path)
+    perf = root / "bin" / "perf"
     info = elf.parse_file(perf)
-    assert info.static and info.e_machine == 62
+    assert info.static and info.e_machine == ARCHES["amd64"].elf_machine
     version = subprocess.run([perf, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("perf version 6.12")
     stat = subprocess.run([perf, "stat", "-e", "task-clock", "true"], capture_output=True, text=True)
     assert stat.returncode == 0 and "task-clock" in stat.stderr
+    mod = tmp_path / "hello"
+    mod.mkdir()
+    (mod / "hello.c").write_text(HELLO)
+    (mod / "Makefile").write_text("obj-m := hello.o\n")
+    build = root / "lib" / "modules" / release / "build"
+    subprocess.run(["make", "-C", build, f"M={mod}", "modules"], check=True, capture_output=True)
+    modinfo = subprocess.run(["modinfo", "-F", "vermagic", mod / "hello.ko"], capture_output=True,
+                             text=True, check=True).stdout
+    assert modinfo.split()[0] == release
+
+
+def test_arm64_image_tree_is_for_arm64(tools_images, tmp_path):
+    """Cross-built: perf and the module-build host programs are aarch64 binaries."""
+    out = tools_images["arm64"]
+    release = _manifest(out)["kernelrelease"]
+    root = _unpack(out, tmp_path)
+    perf = elf.parse_file(root / "bin" / "perf")
+    assert perf.static and perf.e_machine == ARCHES["arm64"].elf_machine
+    modpost = root / "lib" / "modules" / release / "build" / "scripts" / "mod" / "modpost"
+    assert elf.parse_file(modpost).e_machine == ARCHES["arm64"].elf_machine
+    assert (root / "lib" / "modules" / release / "build" / "arch" / "arm64" / "include").is_dir()
 
 
 def test_both_images_pass_inspection_in_one_launch(tools_images):
