@@ -71,7 +71,8 @@ def test_launch_failure_is_infra_error_with_log(tmp_path, monkeypatch):
     with pytest.raises(InfraError) as err:
         inspect.open_appliance([img], log=log)
     assert err.value.step == "inspect-launch" and err.value.log == log
-    assert log.read_text().strip()
+    text = log.read_text()
+    assert "verbose=False" in text and "verbose=True" in text, "retried once with the console captured"
 
 
 # -- bad images, all in one launch -------------------------------------------------------------------
