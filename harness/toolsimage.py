@@ -537,9 +537,6 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
     (build / "usr").mkdir(exist_ok=True)
     # the installed UAPI headers, shared with the image's top-level include/
     os.symlink("../../../../../include", build / "usr" / "include")
-    for p in stage.rglob("*"):  # no stray files that tools leave behind
-        if p.name in (".install", "..install.cmd") and p.is_file():
-            p.unlink()
 
 
 def build_tools_image(arch: Arch, out_dir: Path, *, jobs: int) -> Path:
