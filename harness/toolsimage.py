@@ -23,7 +23,7 @@ import shutil
 import stat
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from . import proc
@@ -542,11 +542,15 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
 def build_tools_image(arch: Arch, out_dir: Path, *, jobs: int) -> Path:
     """Build OUT/tools.img (+ tools-manifest.json, tools-files.tsv) for the kernel built in OUT."""
     out_dir = Path(out_dir).resolve()  # make -C changes directory: every path handed to it is absolute
-    kb = KernelBuild.from_out(arch, out_dir)
-    logs = out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
-    with exclusive_lock(out_dir / ".tools.lock", step="tools", what=f"tools image of {out_dir}"):
+    with contextlib.ExitStack() as locks:
+        # The same locks as the kernel build: no build may rewrite OUT or the build dir meanwhile.
+        locks.enter_context(exclusive_lock(out_dir / ".lock", step="tools", what=f"output directory {out_dir}"))
+        kb = KernelBuild.from_out(arch, out_dir)
+        locks.enter_context(exclusive_lock(Path(f"{kb.build_dir}.lock"), step="tools",
+                                           what=f"build directory {kb.build_dir}"))
+        logs = out_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         release = kernelrelease_of(kb)
         if release != kb.kernelrelease:
