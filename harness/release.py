@@ -82,7 +82,8 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
             _skip(results, f"tools-{arch.name}", "the kernel build failed")
     if built:
         _step(results, "inspect-tools", lambda: (inspect.inspect_images([(a, outs[a.name]) for a in built]),
-                                                  "see <out>/inspect/results.json", {}))
+                                                  "see " + ", ".join(str(outs[a.name] / "inspect" / "results.json")
+                                                                  for a in built), {}))
     else:
         _skip(results, "inspect-tools", "no tools image was built")
     for arch in arches:
