@@ -71,6 +71,10 @@ def read_manifest(arch: Arch, out_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path} does not exist: build the kernel first", step="boot-test") from None
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON (an interrupted or edited file)
+        raise InputError(f"cannot read {path}: {exc}; rebuild the kernel", step="boot-test") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path} is not a build manifest; rebuild the kernel", step="boot-test")
     if manifest.get("arch") not in (arch.name, *arch.aliases):
         raise InputError(f"{out_dir} holds a {manifest.get('arch')} kernel, not {arch.name}", step="boot-test")
     if not manifest.get("kernelrelease"):

@@ -90,3 +90,13 @@ def test_manifest_is_required(tmp_path):
     (tmp_path / "manifest.json").write_text('{"arch": "arm64", "kernelrelease": "x"}')
     with pytest.raises(InputError, match="not amd64"):
         boottest.read_manifest(AMD64, tmp_path)
+
+
+def test_unreadable_manifest_is_an_input_error(tmp_path):
+    from harness.errors import InputError
+    (tmp_path / "manifest.json").write_text("{half-writ")
+    with pytest.raises(InputError, match="cannot read"):
+        boottest.read_manifest(AMD64, tmp_path)
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(InputError, match="not a build manifest"):
+        boottest.read_manifest(AMD64, tmp_path)
