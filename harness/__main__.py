@@ -69,7 +69,10 @@ def cmd_tools(args) -> int:
 
 def cmd_inspect(args) -> int:
     from . import inspect
+    from .errors import InvalidArgument
 
+    if args.out and len(args.arch) > 1:
+        raise InvalidArgument("--out names one output directory: give only one arch with it", step="inspect-tools")
     items = [(get_arch(a), Path(args.out) if args.out else default_out_dir(get_arch(a).name, args.variant))
              for a in args.arch]
     return 0 if inspect.inspect_images(items) else 1

@@ -85,7 +85,7 @@ class Expectation:
         return [
             ("/bin/perf", "file"),
             ("/include/linux/perf_event.h", "file"),
-            (f"/include/asm/unistd.h", "file"),
+            ("/include/asm/unistd.h", "file"),
             (f"{mod}/modules.dep", "file"),
             (f"{mod}/kernel/kernel/kheaders.ko.zst", "file"),
             (f"{b}/.config", "file"),
@@ -524,7 +524,11 @@ def inspect_images(items: list[tuple[Arch, Path]], *, stream=None, thorough: boo
     exps = [Expectation.load(arch, out) for arch, out in items]
     missing = [e for e in exps if not e.image.is_file()]
     for e in missing:
-        _write(e, [CheckResult("image-file", "fail", f"{e.image} not found: build it with `tools`")], {})
+        results = [CheckResult("image-file", "fail", f"{e.image} not found: build it with `tools`")]
+        _write(e, results, {"arch": e.arch.name, "image": str(e.image)})
+        if stream is not False:
+            print(f"== tools image {e.arch.name}: {e.image}", file=stream)
+            report.print_table(results, stream=stream)
     present = [e for e in exps if e.image.is_file()]
     if not present:
         return False

@@ -193,3 +193,15 @@ def test_arm64_build(world, fake_tarball, capsys, cross_gcc):
     rc, out, err = run(capsys, *build_args(*local(fake_tarball), "--suffix=-neonvm-x", arch="aarch64"))
     assert rc == 0, err
     assert out == f"built 6.12.117-neonvm-x -> {world.out / 'test-arm64'}\n"
+
+
+def test_inspect_out_with_two_arches_is_refused(capsys, tmp_path):
+    _fails(capsys, ["inspect-tools", "amd64", "arm64", "--out", str(tmp_path)],
+           "error: [inspect-tools] --out names one output directory")
+
+
+def test_inspect_of_a_missing_image_says_so(capsys, tmp_path):
+    rc, out, err = run(capsys, "inspect-tools", "amd64", "--out", str(tmp_path))
+    assert rc == 1
+    assert "FAIL  image-file" in out and "tools.img not found" in out
+    assert json.loads((tmp_path / "inspect" / "results.json").read_text())["ok"] is False
