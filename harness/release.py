@@ -60,8 +60,9 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
 
     var = kconfig.get_variant(variant)
     rel = out_root() / "release"
-    for stale in [*rel.glob("neonvm-kernel-*.tar"), rel / "SHA256SUMS"]:
-        stale.unlink(missing_ok=True)  # a failed gate must not leave an older release looking current
+    # A failed (or interrupted) gate must not leave an older release, or its verdict, looking current.
+    for stale in [*rel.glob("neonvm-kernel-*.tar"), rel / "SHA256SUMS", rel / "release.json", rel / "release.xml"]:
+        stale.unlink(missing_ok=True)
     results: list[report.CheckResult] = []
     outs = {a.name: default_out_dir(a.name, variant) for a in arches}
     built: list[Arch] = []

@@ -114,3 +114,17 @@ def test_failed_check_fails_gate(fakes, outroot):
     by = {c["name"]: c for c in _results(outroot)["checks"]}
     assert by["boot-test-arm64"]["status"] == "fail"
     assert by["inspect-tools"]["status"] == "fail"
+
+
+def test_interrupted_gate_leaves_no_older_verdict(fakes, outroot, monkeypatch):
+    assert release.run(list(ARCHES.values())) == 0
+    assert _results(outroot)["ok"]
+
+    def interrupted(req):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(build, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        release.run(list(ARCHES.values()))
+    rel = outroot / "release"
+    assert not (rel / "release.json").exists() and not (rel / "release.xml").exists()
+    assert not list(rel.glob("*.tar"))
