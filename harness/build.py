@@ -20,6 +20,7 @@ from .arch import Arch
 from .errors import BuildFailed, CommandFailed, CommandTimeout, ConfigAuditFailed, InvalidArgument, ToolMissing
 from .layout import atomic_copy, atomic_write_json, cache_root, exclusive_lock, sha256_file
 from .patches import Series
+from .toolsimage import FILES_NAME, IMAGE_NAME, MANIFEST_NAME
 
 LOG = logging.getLogger(__name__)
 SUFFIX_RE = re.compile(r"^[-+.~_A-Za-z0-9]{0,40}$")
@@ -120,6 +121,9 @@ def build(req: BuildRequest) -> dict:
     with exclusive_lock(out / ".lock", step="build", what=f"output directory {out}"), \
             exclusive_lock(Path(f"{req.build_dir}.lock"), step="build", what=f"build directory {req.build_dir}"):
         (out / "manifest.json").unlink(missing_ok=True)  # the directory is not a valid build until the end
+        # The tools image belongs to the kernel that was built here before: never leave it beside a new one.
+        for stale in (IMAGE_NAME, MANIFEST_NAME, FILES_NAME):
+            (out / stale).unlink(missing_ok=True)
         if logs.exists():
             shutil.rmtree(logs)
         logs.mkdir()

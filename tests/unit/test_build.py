@@ -175,6 +175,8 @@ def test_failed_build_leaves_no_manifest(world, fake_tarball):
     build.build(world.request(tarball=fake_tarball))
     out = world.out / "amd64"
     assert (out / "manifest.json").is_file()
+    for name in ("tools.img", "tools-manifest.json", "tools-files.tsv"):  # the previous kernel's image
+        (out / name).write_text("old")
     with pytest.raises(BuildFailed) as exc:
         build.build(world.request(variant="broken", tarball=fake_tarball, out=out))
     log = out / "logs" / "build.log"
@@ -183,6 +185,7 @@ def test_failed_build_leaves_no_manifest(world, fake_tarball):
     assert "kernel/fork.c:12:9: error: 'fake_break_build' undeclared" in str(exc.value)
     assert str(exc.value).endswith(f"(log: {log})")
     assert not (out / "manifest.json").exists()
+    assert not [p.name for p in out.glob("tools*")], "a tools image of another kernel left beside this build"
 
 
 def test_concurrent_build_on_one_output_directory_is_refused(world, fake_tarball):
