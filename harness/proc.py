@@ -157,8 +157,11 @@ def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: floa
     except subprocess.TimeoutExpired as exc:
         raise CommandTimeout(f"{quote(argv)} timed out after {timeout}s", step=step, argv=argv) from exc
     if cp.returncode != 0:
+        # one line: the last thing the command said (stderr first), never a multi-line dump
+        said = next((ln.strip() for text in (cp.stderr, cp.stdout) for ln in reversed(text.splitlines())
+                     if ln.strip()), "")
         raise CommandFailed(
-            f"{quote(argv)} exited {cp.returncode}: {cp.stderr.strip()[-200:]}", step=step,
+            f"{quote(argv)} exited {cp.returncode}" + (f": {said[:200]}" if said else ""), step=step,
             returncode=cp.returncode, argv=argv,
         )
     return cp.stdout
