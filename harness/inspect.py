@@ -70,10 +70,18 @@ class Expectation:
             problems.append(f"cannot read the kernel's config: {exc}")
         image_manifest = None
         if (out_dir / MANIFEST_NAME).is_file():
-            image_manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+            try:
+                image_manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+            except (OSError, ValueError) as exc:  # the checks that need it fail as "did not finish"
+                problems.append(f"cannot read {out_dir / MANIFEST_NAME}: {exc}")
+            if not isinstance(image_manifest, dict):
+                image_manifest = None
         listing = None
         if (out_dir / FILES_NAME).is_file():
-            listing = parse_listing((out_dir / FILES_NAME).read_text())
+            try:
+                listing = parse_listing((out_dir / FILES_NAME).read_text())
+            except (OSError, ValueError) as exc:
+                problems.append(f"cannot read {out_dir / FILES_NAME}: {exc}")
         return cls(arch=arch, out_dir=out_dir, image=out_dir / IMAGE_NAME, kernelrelease=release,
                    config=config, image_manifest=image_manifest, listing=listing, problems=problems)
 

@@ -215,3 +215,13 @@ def test_bad_images_fail_inspection_in_one_launch(tmp_path, capsys):
         if expect and data["ok"]:
             problems.append(f"{name}: passed inspection")
     assert not problems, "\n".join(problems)
+
+
+def test_expectation_reports_corrupt_image_manifests(tmp_path):
+    fake_out(tmp_path, AMD64)
+    (tmp_path / "tools-manifest.json").write_text('{"image": ')
+    (tmp_path / "tools-files.tsv").write_text("r\t12\n")
+    exp = inspect.Expectation.load(AMD64, tmp_path)
+    assert exp.image_manifest is None and exp.listing is None
+    assert any("tools-manifest.json" in p for p in exp.problems)
+    assert any("tools-files.tsv" in p for p in exp.problems)
