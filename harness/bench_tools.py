@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     image = items[0][1] / IMAGE_NAME
     logs = out_root() / "bench-logs"
     figures: dict[str, float] = {}
-    rows: list[tuple[str, float]] = []
 
     if not args.no_cold:
         with tempfile.TemporaryDirectory(prefix="guestfs-cold-") as cache:
