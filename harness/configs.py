@@ -142,6 +142,9 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     else:
         raise InvalidArgument("upgrade needs --debian-version (Debian's linux-source) or --sha256 "
                               "(kernel.org tarball)", step="upgrade")
+    # The default provider must be the one that has the new version's source: the other section of
+    # the pin still describes the previous version.
+    text = _set_pin_value(text, None, "provider", src_kw["provider"])
     tmp_pin = old.path.with_name(".kernel.toml.upgrade")
     tmp_pin.write_text(text)
     try:

@@ -155,3 +155,14 @@ def test_upgrade_bad_input(pinned, capsys, monkeypatch, argv, message):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and err.startswith(message), err
     assert (pinned.configs / "kernel.toml").read_text() == before
+
+
+def test_upgrade_from_kernelorg_makes_kernelorg_the_default_provider(pinned, mirror, capsys, cross_gcc):
+    pinned.write_pin(provider="debian", kernelorg_sha256=pinned.pin().kernelorg["sha256"])
+    new = pinned.pack("6.12.118")
+    mirror.publish(new)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
+    assert rc == 0, err
+    pin = pinned.pin()
+    # the [debian] section still names the 6.12.117 package: it must not stay the default
+    assert pin.version == "6.12.118" and pin.provider == "kernelorg"
