@@ -32,6 +32,7 @@ class Arch:
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
     boot_timeout_kvm: int
+    boot_test_budget_tcg: float  # seconds the whole boot test may take under TCG (harness.bench_boot)
     uname_machine: str  # `uname -m` of a host that can run this arch's guests under KVM
     kvm_host_cpu_flags: tuple[str, ...]  # one of these /proc/cpuinfo flags proves hardware virtualisation
     kvm_host_modules: tuple[str, ...]  # one of these must be loaded (/sys/module/NAME): () = built in
@@ -76,6 +77,7 @@ ARCHES: dict[str, Arch] = {
         acpi_dimm=True,
         boot_timeout_tcg=60,
         boot_timeout_kvm=20,
+        boot_test_budget_tcg=60.0,
         uname_machine="x86_64",
         kvm_host_cpu_flags=("vmx", "svm"),
         kvm_host_modules=("kvm_intel", "kvm_amd"),
@@ -105,6 +107,7 @@ ARCHES: dict[str, Arch] = {
         acpi_dimm=False,
         boot_timeout_tcg=150,
         boot_timeout_kvm=30,
+        boot_test_budget_tcg=180.0,
         uname_machine="aarch64",
         kvm_host_cpu_flags=(),
         kvm_host_modules=(),

@@ -21,12 +21,11 @@ import tempfile
 from pathlib import Path
 
 from . import boottest, layout
-from .arch import get_arch
+from .arch import ARCHES, get_arch
 from .errors import HarnessError
 
 LOG = logging.getLogger(__name__)
 
-WALL_BUDGET = {"amd64": 60.0, "arm64": 180.0}
 SHELL_RATIO_TARGET = 0.5
 
 
@@ -89,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"boot to shell, amd64 TCG: {release} ({variant}) median {m_ours:.2f}s vs Debian {base_release} "
                      f"{m_base:.2f}s = {ratio:.2f}x (target <= {SHELL_RATIO_TARGET}) "
                      f"{'OK' if ratio <= SHELL_RATIO_TARGET else 'MISSED'}")
-        for name in ("amd64", "arm64"):
+        for name in ARCHES:
             arch = get_arch(name)
-            arch_out, arch_variant = _out_dir(name, getattr(args, name))
+            arch_out, arch_variant = _out_dir(name, getattr(args, name, None))
             if arch_out is None:
                 lines.append(f"boot test, {name} TCG: not measured (no build in out/)")
                 continue
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 ok = False
                 continue
             wall = json.loads((work / f"full-{name}" / "results.json").read_text())["meta"]["wall_seconds"]
-            budget = WALL_BUDGET[name]
+            budget = arch.boot_test_budget_tcg
             bad = [r.name for r in results if r.status in ("fail", "error")]
             ok &= wall <= budget and not bad
             figures[f"boot_test_{name}"] = {"variant": arch_variant, "wall_s": wall, "budget_s": budget,
