@@ -94,7 +94,7 @@ def boot_test(session: nox.Session) -> None:
 
 @nox.session(name="release")
 def release(session: nox.Session) -> None:
-    """The release gate: build, verify and package both arches; results in out/release.json."""
+    """The release gate: build, verify and package both arches; results in out/release/release.json."""
     _harness(session, "release", *session.posargs)
 
 
