@@ -31,11 +31,18 @@ class _LazyBuilds(dict):
     def __init__(self, variant: str):
         super().__init__()
         self.variant = variant
+        self.failed: dict[str, str] = {}
 
     def __missing__(self, arch: str) -> Path:
         if arch not in ARCHES:
             raise KeyError(arch)
-        self[arch] = _build(arch, self.variant)
+        if arch in self.failed:  # built once per session: later tests fail at once, not rebuild
+            pytest.fail(self.failed[arch], pytrace=False)
+        try:
+            self[arch] = _build(arch, self.variant)
+        except AssertionError as exc:
+            self.failed[arch] = str(exc)
+            raise
         return self[arch]
 
 
