@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import proc
-from .errors import CommandFailed, InvalidArgument, PatchFailed
+from .errors import CommandFailed, CommandTimeout, InvalidArgument, PatchFailed
 from .layout import CONFIGS
 
 LOG = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ class Series:
             argv = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-",
                     "-i", str(patch.path)]
             try:
-                proc.run(argv, step=STEP, log=log, cwd=tree)
+                proc.run(argv, step=STEP, log=log, cwd=tree, timeout=600)
+            except CommandTimeout:  # a hang is the host's (infra), not the input's
+                raise
             except CommandFailed as exc:
                 raise PatchFailed(f"{patch.name} does not apply: {first_rejection(log)}",
                                   step=STEP, log=log) from exc

@@ -166,7 +166,9 @@ def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict:
     except SourceMissing as exc:
         return {"signature": f"not run: {exc.message}"}
     try:
-        proc.run(["gpgv", "--keyring", keyring, sums], step=STEP, log=log)
+        proc.run(["gpgv", "--keyring", keyring, sums], step=STEP, log=log, timeout=120)
+    except proc.CommandTimeout:  # a hang is the host's (infra), not the input's
+        raise
     except proc.CommandFailed as exc:
         raise ChecksumMismatch(f"bad signature on {url}", step=STEP, log=log) from exc
     listed = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines()

@@ -79,6 +79,12 @@ PERF_DISABLED = {
 PERF_FLAGS = ("LDFLAGS=-static", "NO_LIBTRACEEVENT=1", "NO_LIBPYTHON=1", "NO_LIBPERL=1", "NO_JVMTI=1",
               "WERROR=0")
 
+# Deadlines (seconds) of the external steps: far above what they take here (docs/tools-image.md),
+# so only a hung command reaches them.
+PERF_TIMEOUT = 2 * 3600
+KBUILD_TIMEOUT = 1800
+STEP_TIMEOUT = 600
+
 # debugfs prints these on success; anything else it prints after a command is an error.
 _DEBUGFS_OK_PREFIXES = ("debugfs ", "debugfs:", "Allocated inode:")
 
@@ -345,7 +351,7 @@ def make_filesystem(tree: Path, fs_path: Path, *, label: str, fs_uuid: str, hash
             with contextlib.suppress(FileNotFoundError):
                 fs_path.unlink()
             proc.run(mkfs_argv(fs_path, blocks=blocks, inodes=inodes, label=label, fs_uuid=fs_uuid,
-                               hash_seed=hash_seed), step="tools-mkfs", log=log, env=env)
+                               hash_seed=hash_seed), step="tools-mkfs", log=log, env=env, timeout=STEP_TIMEOUT)
             hdr = _dumpe2fs_header(fs_path)
             free, free_inodes = int(hdr["Free blocks"]), int(hdr["Free inodes"])
             # mke2fs rounds the inode count to whole inode-table blocks per group, sometimes down
@@ -355,7 +361,7 @@ def make_filesystem(tree: Path, fs_path: Path, *, label: str, fs_uuid: str, hash
                 break
             blocks = geo.wanted_free + (blocks - free)  # metadata as measured, plus what we want free
         res = proc.run(["debugfs", "-w", "-f", str(script), str(fs_path)], step="tools-populate",
-                       log=log, env=env, tail_lines=10_000_000)
+                       log=log, env=env, tail_lines=10_000_000, timeout=STEP_TIMEOUT)
         errors = _debugfs_errors("\n".join(res.tail))
         if not errors:
             break
@@ -366,7 +372,7 @@ def make_filesystem(tree: Path, fs_path: Path, *, label: str, fs_uuid: str, hash
         blocks += max(blocks // 10, 1024)
     else:
         raise InfraError("could not size the filesystem after 4 attempts", step="tools-populate", log=log)
-    proc.run(["e2fsck", "-fn", str(fs_path)], step="tools-fsck", log=log, env=env)
+    proc.run(["e2fsck", "-fn", str(fs_path)], step="tools-fsck", log=log, env=env, timeout=STEP_TIMEOUT)
     hdr = _dumpe2fs_header(fs_path)
     for p in (conf, script):
         p.unlink()
@@ -395,7 +401,8 @@ def assemble_image(fs_path: Path, image: Path, *, label_id: str, part_uuid: str,
     if table:
         script = sfdisk_script(label_id=label_id, table=table,
                                partitions=[{"start": start, "size": size, "uuid": part_uuid, "name": name}])
-        proc.run(sfdisk_argv(image), step="tools-partition", log=log, input_text=script)
+        proc.run(sfdisk_argv(image), step="tools-partition", log=log, input_text=script,
+                 timeout=STEP_TIMEOUT)
     copy_into(fs_path, image, offset)
 
 
@@ -482,7 +489,9 @@ def build_perf(kb: KernelBuild, *, jobs: int, log: Path) -> tuple[Path, dict]:
     with exclusive_lock(objdir.with_name(objdir.name + ".lock"), step="tools-perf", what=f"perf objdir {objdir}"):
         try:
             proc.run(perf_argv(kb.arch, kb.tree, objdir, jobs), step="tools-perf", log=log,
-                     env=perf_env(kb.arch), on_line=lambda ln: progress.tick(ln.strip()))
+                     env=perf_env(kb.arch), on_line=lambda ln: progress.tick(ln.strip()), timeout=PERF_TIMEOUT)
+        except proc.CommandTimeout:  # a hang is the host's (infra), not the input's
+            raise
         except proc.CommandFailed as exc:
             raise BuildFailed(f"perf build failed: {exc.message}", step="tools-perf", log=log) from exc
     progress.done()
@@ -508,12 +517,15 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
     release = kb.kernelrelease
     (stage / "bin").mkdir(parents=True)
     proc.run([f"{kb.arch.cross_compile}strip", "-o", str(stage / "bin" / "perf"), str(perf_binary)],
-             step="tools-strip", log=logs / "tools-perf.log")
+             step="tools-strip", log=logs / "tools-perf.log", timeout=STEP_TIMEOUT)
     try:
         proc.run(kbuild_argv(kb, "headers_install", f"INSTALL_HDR_PATH={stage}"), step="tools-headers",
-                 log=logs / "tools-headers.log")
+                 log=logs / "tools-headers.log", timeout=KBUILD_TIMEOUT)
         proc.run(kbuild_argv(kb, "modules_install", f"INSTALL_MOD_PATH={stage}", "INSTALL_MOD_STRIP=1",
-                             "DEPMOD=/sbin/depmod"), step="tools-modules", log=logs / "tools-modules.log")
+                             "DEPMOD=/sbin/depmod"), step="tools-modules", log=logs / "tools-modules.log",
+                 timeout=KBUILD_TIMEOUT)
+    except proc.CommandTimeout:  # a hang is the host's (infra), not the input's
+        raise
     except proc.CommandFailed as exc:
         raise BuildFailed(f"{exc.message}", step=exc.step, log=exc.log) from exc
     moddir = stage / "lib" / "modules" / release
@@ -530,7 +542,10 @@ def stage_tree(kb: KernelBuild, stage: Path, perf_binary: Path, *, logs: Path) -
     if build.is_symlink() or build.is_file():
         build.unlink()  # modules_install points it at the host's build directory
     try:
-        proc.run(extmod_argv(kb, build), step="tools-extmod", log=logs / "tools-extmod.log")
+        proc.run(extmod_argv(kb, build), step="tools-extmod", log=logs / "tools-extmod.log",
+                 timeout=KBUILD_TIMEOUT)
+    except proc.CommandTimeout:  # a hang is the host's (infra), not the input's
+        raise
     except proc.CommandFailed as exc:
         raise BuildFailed(exc.message, step="tools-extmod", log=exc.log) from exc
     shutil.copyfile(kb.build_dir / ".config", build / ".config")

@@ -124,3 +124,18 @@ def test_failing_series_leaves_no_tree_and_a_fixed_series_succeeds(world, fake_t
     path = tree.prepare(src, series, log=log)
     assert world.tree_dirs() == [path] and path.name.endswith(series.sha256[:12])
     assert "nr_threads_changed_by_0002" in (path / "kernel/fork.c").read_text()
+
+
+def test_a_hung_patch_is_a_timeout_not_a_bad_patch(tmp_path, monkeypatch):
+    from harness import patches, proc
+    from harness.errors import CommandTimeout, PatchFailed
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "0001-x.patch").write_text("--- a/x\n+++ b/x\n")
+
+    def hang(*a, **kw):
+        raise CommandTimeout("patch timed out after 600s", step="patch", log=tmp_path / "log")
+    monkeypatch.setattr(proc, "run", hang)
+    with pytest.raises(CommandTimeout) as exc:
+        patches.Series.load(tmp_path / "series").apply(tmp_path, tmp_path / "log")
+    assert not isinstance(exc.value, PatchFailed)
