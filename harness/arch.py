@@ -16,6 +16,7 @@ class Arch:
     config_name: str  # configs/linux-config-<config_name>-<version>
     image_target: str  # make target that builds the boot image
     image_path: str  # path of that image under the build directory
+    image_magic: tuple[int, bytes]  # (offset, bytes) that identify the boot image format
     gnu_triplet: str  # for compilers, busybox packages and perf
     debian_arch: str  # Debian architecture name (busybox-static download)
     elf_machine: int  # e_machine in the ELF header (EM_X86_64=62, EM_AARCH64=183)
@@ -61,6 +62,7 @@ ARCHES: dict[str, Arch] = {
         config_name="amd64",
         image_target="bzImage",
         image_path="arch/x86/boot/bzImage",
+        image_magic=(0x202, b"HdrS"),  # x86 boot protocol header
         gnu_triplet="x86_64-linux-gnu",
         debian_arch="amd64",
         elf_machine=62,
@@ -91,6 +93,7 @@ ARCHES: dict[str, Arch] = {
         config_name="aarch64",
         image_target="Image",
         image_path="arch/arm64/boot/Image",
+        image_magic=(0x38, b"ARM\x64"),  # arm64 Image header
         gnu_triplet="aarch64-linux-gnu",
         debian_arch="arm64",
         elf_machine=183,

@@ -180,7 +180,7 @@ def build(req: BuildRequest) -> dict:
         kconfig.check(requests, req.build_dir / ".config", src_tree, log=logs / "config.log",
                       label=f"{label} (after build)", srcarch=req.arch.srcarch)
         release = proc.capture(["make", "-s", f"O={req.build_dir}", *make_vars(req), "kernelrelease"],
-                               step="kernelrelease", cwd=src_tree).strip()
+                               step="kernelrelease", cwd=src_tree, log=build_log).strip()
         if not release.startswith(src.version):
             raise BuildFailed(f"make kernelrelease printed {release!r}, not a release of {src.version}",
                               step="kernelrelease", log=build_log)

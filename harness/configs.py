@@ -133,6 +133,8 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
             raise SourceMissing(f"{pkg} {debian_version} is not installed (have {have or 'none'}); "
                                 f"run 'apt-get install {pkg}={debian_version}' first", step="upgrade")
         tarball = Path(f"/usr/src/{pkg}.tar.xz")
+        if not tarball.is_file():
+            raise SourceMissing(f"{pkg} {debian_version} is installed but {tarball} is missing", step="upgrade")
         text = _set_pin_value(text, "debian", "package_version", debian_version)
         text = _set_pin_value(text, "debian", "sha256", sha256_file(tarball))
         src_kw = {"provider": "debian"}
@@ -150,19 +152,18 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     try:
         new = source.Pin.load(tmp_pin)
         new = source.Pin(new.version, new.provider, new.debian, new.kernelorg, old.path)
-        arches = [a for a in _all_arches()]
         src, src_tree = _tree(new, log, **src_kw)
         variant = kconfig.get_variant(PRODUCTION)
-        for arch in arches:
+        resolved_by_arch = {}
+        for arch in _all_arches():
             oldcfg = kconfig.committed_config_path(arch, old.version)
-            resolved = kconfig.resolve(src_tree, arch, variant, log=log)
+            resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
             kconfig.check(variant.requests(arch), resolved, src_tree, log=log,
                           label=f"{arch.name}/{PRODUCTION} on {version}", srcarch=arch.srcarch)
             if oldcfg.is_file():
                 changes = kconfig.diff(src_tree, oldcfg, resolved, log=log)
                 print(f"{oldcfg.name} -> linux-config-{arch.config_name}-{version}:\n{changes or '  (no change)'}")
-        for arch in arches:
-            resolved = cache_root() / "kconfig" / f"{arch.name}-{PRODUCTION}" / ".config"
+        for arch, resolved in resolved_by_arch.items():
             kconfig.install(resolved, kconfig.committed_config_path(arch, version))
             oldcfg = kconfig.committed_config_path(arch, old.version)
             if old.version != version and oldcfg.is_file():

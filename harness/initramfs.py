@@ -125,7 +125,7 @@ def fetch_busybox(arch: Arch) -> Path:
 def _compile_phc_read(arch: Arch, dest: Path, log: Path) -> None:
     src = dest.with_suffix(".c")
     src.write_text(PHC_READ_C)
-    proc.require_tool(arch.cross_gcc, step="initramfs", hint="install gcc / gcc-aarch64-linux-gnu (./bootstrap does)")
+    proc.require_tool(arch.cross_gcc, step="initramfs", hint=f"install gcc-{arch.gnu_triplet} (./bootstrap does)")
     proc.run([arch.cross_gcc, "-static", "-Os", "-s", "-o", dest, src], step=f"phc-read-{arch.name}",
              log=log, timeout=120)
     src.unlink()

@@ -205,6 +205,8 @@ def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: P
 def resolution_key(tree: Path, arch: Arch, variant: Variant) -> str:
     h = hashlib.sha256()
     h.update(f"{tree.name}\0{arch.name}\0{variant.base}\n".encode())
+    # Kconfig records the compiler's version and features: a new compiler means a new resolution.
+    h.update(proc.capture([arch.cross_gcc, "--version"], step=STEP).encode())
     for p in variant.fragment_paths(arch):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:20]
@@ -240,10 +242,7 @@ def resolve(tree: Path, arch: Arch, variant: Variant, *, log: Path) -> Path:
 
 def diff(tree: Path, old: Path, new: Path, *, log: Path) -> str:
     """scripts/diffconfig output between two configs ('' when identical)."""
-    out = proc.capture([tree / "scripts/diffconfig", old, new], step=STEP)
-    with open(log, "a") as fh:
-        fh.write(f"\n### diffconfig {old} {new}\n{out}")
-    return out
+    return proc.capture([tree / "scripts/diffconfig", old, new], step=STEP, log=log)
 
 
 def install(config: Path, dest: Path) -> bool:

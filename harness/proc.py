@@ -144,8 +144,10 @@ def run(
     return result
 
 
-def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: float = 60) -> str:
-    """Run a short command and return its stdout (for version queries and the like)."""
+def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: float = 60,
+            log: Path | None = None) -> str:
+    """Run a short command and return its stdout (for version queries and the like). With ``log``,
+    the command and its output are appended there and a failure names that log."""
     argv = [str(a) for a in argv]
     require_tool(argv[0], step=step) if os.sep not in argv[0] else None
     full_env = dict(os.environ)
@@ -155,14 +157,18 @@ def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: floa
     try:
         cp = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise CommandTimeout(f"{quote(argv)} timed out after {timeout}s", step=step, argv=argv) from exc
+        raise CommandTimeout(f"{quote(argv)} timed out after {timeout}s", step=step, argv=argv, log=log) from exc
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write(f"\n### step {step}: $ {quote(argv)}\n{cp.stdout}{cp.stderr}### exit {cp.returncode}\n")
     if cp.returncode != 0:
         # one line: the last thing the command said (stderr first), never a multi-line dump
         said = next((ln.strip() for text in (cp.stderr, cp.stdout) for ln in reversed(text.splitlines())
                      if ln.strip()), "")
         raise CommandFailed(
             f"{quote(argv)} exited {cp.returncode}" + (f": {said[:200]}" if said else ""), step=step,
-            returncode=cp.returncode, argv=argv,
+            returncode=cp.returncode, argv=argv, log=log,
         )
     return cp.stdout
 

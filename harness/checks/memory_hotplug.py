@@ -64,9 +64,12 @@ def _set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> No
                                  match=lambda d: d.get("id") == VIRTIO_MEM_ID and d.get("size") == size)
     plugged = guest.qmp.execute("qom-get", {"path": VIRTIO_MEM_QOM, "property": "size"})
     ev[f"{key}_device_size"] = plugged
-    if event is None or plugged != size:
+    if plugged != size:
         raise CheckFailed(f"requested-size {size // MIB} MiB, but the guest's driver left the device at "
                           f"{plugged // MIB} MiB", step=step)
+    if event is None:
+        raise CheckFailed(f"the device reached {size // MIB} MiB but QEMU sent no MEMORY_DEVICE_SIZE_CHANGE "
+                          "event for it", step=step)
 
 
 def virtio_mem(guest: Guest, ev: dict) -> None:

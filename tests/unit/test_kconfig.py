@@ -8,7 +8,7 @@ import pytest
 
 from harness import kconfig, proc
 from harness.arch import ARCHES, get_arch
-from harness.errors import CommandFailed, ConfigAuditFailed, InvalidArgument
+from harness.errors import CommandFailed, ConfigAuditFailed, InvalidArgument, ToolMissing
 from harness.layout import CONFIGS
 
 from build_fakes import copy_tree, cross_gcc, fake_cross_toolchain, tool_bin, world  # noqa: F401
@@ -242,11 +242,9 @@ def test_failed_resolution_is_not_trusted_later(world, tmp_path, monkeypatch):
                                                                 "cmp", "mv", "rm", "grep", "mktemp",
                                                                 "tail", "gcc"))))
     log = tmp_path / "config.log"
-    with pytest.raises(CommandFailed) as exc:
+    with pytest.raises(ToolMissing) as exc:  # the compiler is part of the resolution's key
         kconfig.resolve(t, ARM64, kconfig.get_variant("test"), log=log)
-    assert exc.value.step == "config" and exc.value.log == log
-    assert str(exc.value).startswith("[config] make exited 2: ")
-    assert "C compiler 'aarch64-linux-gnu-gcc' not found" in log.read_text()
+    assert exc.value.step == "config" and "'aarch64-linux-gnu-gcc' not found" in str(exc.value)
     scratch = world.cache / "kconfig" / "arm64-test"
     assert not (scratch / ".harness-resolved").exists()
     bindir = fake_cross_toolchain(tmp_path / "cross")
