@@ -156,8 +156,27 @@ _CONFIG_DEF = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
 _BLOCK_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|source|comment)\b")
 
 
+_IF = re.compile(r"^if\s+(.+?)\s*(?:#.*)?$")
+_ENDIF = re.compile(r"^endif\b")
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Kconfig lines with backslash continuations joined (one entry per physical line kept)."""
+    out: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            out.append("")
+            continue
+        out.append(pending + raw)
+        pending = ""
+    return out
+
+
 def kconfig_dependencies(tree: Path, option: str, srcarch: str | None = None) -> list[str]:
-    """The `depends on` lines of ``option``'s Kconfig definitions (other arches' skipped)."""
+    """The `depends on` lines of ``option``'s Kconfig definitions, with the enclosing `if` blocks of
+    the same file (other arches' definitions skipped)."""
     name = option.removeprefix("CONFIG_")
     found: list[str] = []
     for kfile in sorted(tree.rglob("Kconfig*")):
@@ -165,10 +184,23 @@ def kconfig_dependencies(tree: Path, option: str, srcarch: str | None = None) ->
         if not kfile.is_file() or (srcarch and parts[0] == "arch" and len(parts) > 2 and parts[1] != srcarch):
             continue
         try:
-            lines = kfile.read_text(errors="replace").splitlines()
+            text = kfile.read_text(errors="replace")
         except OSError:
             continue
+        if name not in text:
+            continue
+        lines = _logical_lines(text)
+        ifs: list[str] = []
         for i, line in enumerate(lines):
+            stripped = line.strip()
+            m = _IF.match(stripped)
+            if m:
+                ifs.append(m[1])
+                continue
+            if _ENDIF.match(stripped):
+                if ifs:
+                    ifs.pop()
+                continue
             m = _CONFIG_DEF.match(line)
             if not m or m[1] != name:
                 continue
@@ -177,9 +209,10 @@ def kconfig_dependencies(tree: Path, option: str, srcarch: str | None = None) ->
             for nxt in lines[i + 1:]:
                 if _BLOCK_END.match(nxt):
                     break
-                s = nxt.strip()
-                if s.startswith("depends on"):
-                    deps.append(s)
+                s_ = " ".join(nxt.split())
+                if s_.startswith("depends on"):
+                    deps.append(s_)
+            deps += [f"inside 'if {cond}'" for cond in ifs]
             found.append(f"{rel}:{i + 1}: " + ("; ".join(deps) if deps else "no 'depends on'"))
     return found or [f"no Kconfig definition of {name} in this tree"]
 

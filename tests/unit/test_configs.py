@@ -94,7 +94,7 @@ def test_audit_of_a_committed_config_missing_a_requested_option(pinned, capsys):
         f"FAIL amd64: {AMD64_CONFIG}: 1 requested option(s) dropped or changed",
         "  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at configs/fragments/virtio.config:5); "
         "Kconfig: drivers/virtio/Kconfig:21: depends on X86_64 || ARM64 || RISCV; depends on VIRTIO; depends on "
-        "MEMORY_HOTPLUG; depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM"]
+        "MEMORY_HOTPLUG; depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM; inside 'if VIRTIO_MENU'"]
 
 
 def test_audit_without_a_committed_config(pinned, capsys):

@@ -132,7 +132,7 @@ def test_kconfig_dependencies_from_the_fake_tree(tmp_path):
     assert kconfig.kconfig_dependencies(t, "CONFIG_VIRTIO_MEM") == [
         "drivers/virtio/Kconfig:21: depends on X86_64 || ARM64 || RISCV; depends on VIRTIO; "
         "depends on MEMORY_HOTPLUG; depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; "
-        "depends on EXCLUSIVE_SYSTEM_RAM"]
+        "depends on EXCLUSIVE_SYSTEM_RAM; inside 'if VIRTIO_MENU'"]
     assert kconfig.kconfig_dependencies(t, "CONFIG_MEMORY_HOTPLUG") == [
         "mm/Kconfig:2: depends on SPARSEMEM; depends on ARCH_ENABLE_MEMORY_HOTPLUG"]
     assert kconfig.kconfig_dependencies(t, "CONFIG_VIRTIO") == ["drivers/virtio/Kconfig:2: no 'depends on'"]
@@ -156,7 +156,8 @@ def test_check_lists_option_values_fragment_line_and_depends(world, tmp_path):
     assert str(exc.value) == (
         "[audit] amd64/test: CONFIG_MEMORY_HOTREMOVE: requested y, resolved n (absent) "
         "(asked for at configs/fragments/virtio.config:4); Kconfig: mm/Kconfig:10: depends on "
-        "MEMORY_HOTPLUG && ARCH_ENABLE_MEMORY_HOTREMOVE; depends on MIGRATION (+1 more) "
+        "MEMORY_HOTPLUG && ARCH_ENABLE_MEMORY_HOTREMOVE; depends on MIGRATION; inside 'if MEMORY_HOTPLUG' "
+        "(+1 more) "
         f"(log: {log})")
     text = log.read_text()
     assert "2 option(s) dropped or changed" in text
@@ -223,7 +224,7 @@ def test_kconfig_drops_what_it_cannot_satisfy_and_the_audit_says_why(world, tmp_
         "[audit] amd64/test: CONFIG_VIRTIO_MEM: requested y, resolved n (absent) "
         "(asked for at configs/fragments/virtio.config:5); Kconfig: drivers/virtio/Kconfig:21: "
         "depends on X86_64 || ARM64 || RISCV; depends on VIRTIO; depends on MEMORY_HOTPLUG; "
-        "depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM "
+        "depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM; inside 'if VIRTIO_MENU' "
         f"(log: {log})")
 
 
