@@ -179,6 +179,18 @@ def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict:
     return {"signature": "verified", "signature_url": url}
 
 
+def _remove_abandoned_parts(dl: Path, version: str) -> None:
+    """Delete partial downloads left by runs that died (their pid is in the name)."""
+    for part in dl.glob(f".linux-{version}.tar.xz.*.part"):
+        try:
+            pid = int(part.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def from_kernelorg(pin: Pin, version: str, sha256: str | None, log: Path) -> Source:
     expected = _expected_sha(sha256) or pin.known_sha256(version).get("kernelorg")
     if not expected:
@@ -197,6 +209,7 @@ def from_kernelorg(pin: Pin, version: str, sha256: str | None, log: Path) -> Sou
             final.chmod(0o644)
             final.unlink()
     if not final.exists():
+        _remove_abandoned_parts(dl, version)
         part = dl / f".linux-{version}.tar.xz.{os.getpid()}.part"
         _download(url, part)
         try:

@@ -274,3 +274,13 @@ def test_tarball_version_from_makefile():
     assert source.tarball_version_from_makefile(text.replace("SUBLEVEL = 117", "SUBLEVEL =")) == "6.12.0"
     with pytest.raises(InfraError, match="no PATCHLEVEL"):
         source.tarball_version_from_makefile("VERSION = 6\nSUBLEVEL = 1\n")
+
+
+def test_partial_downloads_of_dead_runs_are_removed(tmp_path):
+    dead = tmp_path / ".linux-6.12.117.tar.xz.999999999.part"
+    alive = tmp_path / f".linux-6.12.117.tar.xz.{os.getpid()}.part"
+    other = tmp_path / ".linux-6.12.118.tar.xz.999999999.part"
+    for p in (dead, alive, other):
+        p.write_bytes(b"partial")
+    source._remove_abandoned_parts(tmp_path, "6.12.117")
+    assert not dead.exists() and alive.exists() and other.exists()
