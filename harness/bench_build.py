@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import build, kconfig, source, tree
+from . import build, kconfig, proc, source, tree
 from .arch import get_arch
+from .errors import BuildFailed, HarnessError
 from .layout import cache_root
 from .patches import Series
 
@@ -55,7 +56,10 @@ def main(argv=None) -> int:
         print(f"[1/4] plain: {' '.join(argv)}", flush=True)
         t = time.monotonic()
         with open(logs / "plain.log", "w") as fh:
-            subprocess.run(argv, cwd=src_tree, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+            rc = subprocess.run(argv, cwd=src_tree, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise BuildFailed(f"plain make exited {rc}: {proc.first_error(logs / 'plain.log')}",
+                              step="bench-plain", log=logs / "plain.log")
         figures["plain"] = time.monotonic() - t
 
         def harness_build(name: str, ccache_dir: str, build_dir: Path) -> float:
@@ -72,8 +76,10 @@ def main(argv=None) -> int:
         figures["warm"] = harness_build("warm", str(scratch / "ccache-harness"), scratch / "warm")
         print("[4/4] harness, no-op rebuild", flush=True)
         figures["noop"] = harness_build("warm", str(scratch / "ccache-harness"), scratch / "warm")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    except HarnessError as exc:
+        print(f"error: {exc} (build directories kept in {scratch})", file=sys.stderr)
+        return 2
+    shutil.rmtree(scratch, ignore_errors=True)
     overhead = figures["harness"] / figures["plain"] - 1
     warm = figures["warm"] / figures["harness"]
     print(f"\nbuild benchmark: {arch.name}/{variant.name}, make -j{args.jobs}")

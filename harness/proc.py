@@ -183,8 +183,8 @@ def first_error(log: Path) -> str:
         text = Path(log).read_text(errors="replace")
     except OSError:
         return ""
-    text = text[text.rfind("\n### step"):]
-    for line in text.splitlines():
+    start = text.rfind("\n### step")
+    for line in text[max(start, 0):].splitlines():
         if not line.startswith("###") and _ERROR_LINE.search(line):
             return line.strip()[:200]
     return ""
