@@ -98,6 +98,15 @@ def release(session: nox.Session) -> None:
     _harness(session, "release", *session.posargs)
 
 
+@nox.session(name="compare-config")
+def compare_config(session: nox.Session) -> None:
+    """Compare the production config with a reference config, every difference explained: -- ARCH REFERENCE."""
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare-config -- {amd64|arm64} REFERENCE_CONFIG [--json PATH] "
+                      "[--allow-unexplained] [--contract PATH] [--tree PATH]")
+    _harness(session, "compare-config", *session.posargs)
+
+
 @nox.session(name="bench-build")
 def bench_build(session: nox.Session) -> None:
     """Benchmark the build: harness overhead vs plain make, warm-ccache rebuild, no-op rebuild."""

@@ -94,6 +94,15 @@ def cmd_release(args) -> int:
                        jobs=args.jobs)
 
 
+def cmd_compare_config(args) -> int:
+    from . import compareconfig
+
+    return compareconfig.run(args.arch, args.reference, tree=Path(args.tree) if args.tree else None,
+                             allow_unexplained=args.allow_unexplained,
+                             json_path=Path(args.json) if args.json else None,
+                             contract_path=Path(args.contract) if args.contract else None)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log every command")
@@ -156,6 +165,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--variant", default="production")
     r.add_argument("-j", "--jobs", type=int, default=jobs)
     r.set_defaults(func=cmd_release)
+
+    cc = sub.add_parser("compare-config", help="compare the production config with a reference config, "
+                        "each difference explained by the fragments, the contract or Kconfig")
+    cc.add_argument("arch")
+    cc.add_argument("reference", help="the reference .config (NeonVM's, Debian's /boot/config-*, ...)")
+    cc.add_argument("--tree", help="an unpacked kernel tree to read Kconfig from (default: the pinned source)")
+    cc.add_argument("--contract", help="the capability contract (default: configs/contract.toml)")
+    cc.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
+    cc.add_argument("--allow-unexplained", action="store_true",
+                    help="exit 0 even when options the reference enables are unexplained")
+    cc.set_defaults(func=cmd_compare_config)
     return p
 
 

@@ -25,7 +25,9 @@ class Arch:
     qemu_machine: str
     qemu_cpu_tcg: str
     qemu_cpu_kvm: str
-    console: str  # kernel console= device
+    console: str  # kernel console= device, as the NeonVM runner sets it
+    console_device: str  # "serial": the console is the second UART (-serial null -serial ...), the
+    #                      runner's layout; "virtconsole": a virtio console (hvc0) on virtio-serial
     firmware: str | None  # -bios for the machine (None: QEMU's default)
     kernel_cmdline_extra: tuple[str, ...]
     cpu_hotplug_qmp: bool  # the runner hot-plugs vCPUs through QMP device_add (amd64) ...
@@ -71,9 +73,10 @@ ARCHES: dict[str, Arch] = {
         qemu_machine="q35",
         qemu_cpu_tcg="qemu64",
         qemu_cpu_kvm="host",
-        console="ttyS0",
+        console="ttyS1",
+        console_device="serial",
         firmware=None,
-        kernel_cmdline_extra=("earlyprintk=ttyS0",),
+        kernel_cmdline_extra=("earlyprintk=ttyS1",),
         cpu_hotplug_qmp=True,
         cpu_hotplug_sysfs=True,
         acpi_dimm=True,
@@ -102,9 +105,11 @@ ARCHES: dict[str, Arch] = {
         qemu_machine="virt",
         qemu_cpu_tcg="max,pauth-impdef=on",  # QARMA pointer auth is slow to emulate
         qemu_cpu_kvm="host",
-        console="ttyAMA0",
+        console="hvc0",
+        console_device="virtconsole",
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-        kernel_cmdline_extra=("acpi=on",),
+        # earlycon: the PL011 (described by ACPI's SPCR) until hvc0 is up, into the early log
+        kernel_cmdline_extra=("acpi=on", "earlycon"),
         cpu_hotplug_qmp=False,
         cpu_hotplug_sysfs=True,
         acpi_dimm=False,

@@ -21,20 +21,23 @@ from typing import Iterable
 
 from . import initramfs, proc, report
 from .arch import Arch
-from .checks import Check, Guest, boot, cpu_hotplug, memory_hotplug, ptp, run_check, tools_in_guest
+from .checks import Check, Guest, boot, contract, cpu_hotplug, memory_hotplug, ptp, run_check, tools_in_guest
 from .errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
 from .report import CheckResult, Timer
 from .vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
 
 LOG = logging.getLogger(__name__)
 
-# In the order they run: CPU first, memory next (the DIMM stays plugged), tools last.
+# In the order they run: CPU first, memory next (the DIMM stays plugged), tools, the capability
+# contract, and last the power button, which ends the VM.
 CHECKS: list[Check] = [
     *boot.CHECKS,
     *cpu_hotplug.CHECKS,
     *memory_hotplug.CHECKS,
     *ptp.CHECKS,
     *tools_in_guest.CHECKS,
+    *contract.CHECKS,
+    *contract.LAST,
 ]
 BOOT_CHECK = "boot"
 CHECK_NAMES = (BOOT_CHECK, *(c.name for c in CHECKS))
@@ -50,10 +53,31 @@ def cpus_present(arch: Arch) -> int:
 
 
 def vm_spec(*, arch: Arch, kernel: Path, initrd: Path, accel: Accel, tools_img: Path | None = None,
-            cmdline_extra: tuple[str, ...] = ()) -> VmSpec:
+            data_disk: Path | None = None, cmdline_extra: tuple[str, ...] = ()) -> VmSpec:
     """The VM the boot test runs: the runner's shape with this test's sizes."""
     return VmSpec(arch=arch, kernel=kernel, initrd=initrd, accel=accel, cpus_min=CPUS_MIN, cpus_max=CPUS_MAX,
-                  cpus_present=cpus_present(arch), tools_img=tools_img, cmdline_extra=cmdline_extra)
+                  cpus_present=cpus_present(arch), tools_img=tools_img, data_disk=data_disk,
+                  cmdline_extra=cmdline_extra)
+
+
+DATA_DISK_MIB = 64
+
+
+def make_data_disk(path: Path, *, log: Path) -> Path:
+    """A disk made the way the VM runner makes the Postgres data disk: ext4 with a label, project
+    quota (``tune2fs -Q prjquota``) and ``prjquota`` in its default mount options. Made fresh for
+    every boot (the guest writes to it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.truncate(DATA_DISK_MIB << 20)
+    step = "data-disk"
+    proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, tmp], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", tmp], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-E", "mount_opts=prjquota", tmp], step=step, log=log, timeout=60)
+    tmp.replace(path)
+    return path
 
 
 def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
@@ -106,7 +130,8 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
     timeout = boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
     tools_img = Path(tools_img) if tools_img else None
     spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
-                     tools_img=tools_img if tools_img and tools_img.is_file() else None)
+                     tools_img=tools_img if tools_img and tools_img.is_file() else None,
+                     data_disk=Path(results_dir) / f"{tag}.pgdata.img")
     if dry_run:
         spec = vm_spec(initrd=Path("$INITRAMFS"), **spec_args)
         print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
@@ -121,6 +146,7 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
         initrd = initramfs.build(arch, **({"init_text": init_text} if init_text else {}))
         meta["initramfs"] = str(initrd)
         meta["qemu"] = _qemu_version(arch)
+        make_data_disk(spec_args["data_disk"], log=Path(results_dir) / f"{tag}.data-disk.log")
         spec = vm_spec(initrd=initrd, **spec_args)
         with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
             meta["kernel_cmdline"] = kernel_cmdline(spec)
@@ -130,8 +156,11 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
             for check in checks:
                 if guest is None:
                     results.append(CheckResult(check.name, "skip", "not run: the boot failed (see check boot)"))
+                elif guest.powered_off:
+                    results.append(CheckResult(check.name, "error", "not run: the guest was powered off"))
                 else:
                     results.append(run_check(check, guest))
+        Path(spec_args["data_disk"]).unlink(missing_ok=True)  # written by the guest; nothing to keep
     except HarnessError as exc:  # QEMU would not start, initramfs could not be built, ...
         status = "fail" if isinstance(exc, KernelError) else "error"
         if not results:
@@ -171,7 +200,8 @@ def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float
             ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
             _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
             guest = Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
-                          tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools)
+                          tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools,
+                          data_disk=vm.spec.data_disk)
             status, reason = "pass", ""
         except KernelError as exc:
             status, reason = "fail", str(exc)

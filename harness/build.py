@@ -144,7 +144,7 @@ def build(req: BuildRequest) -> dict:
         with timed("source"):
             src = source.resolve(pin, version=req.version, provider=req.provider, path=req.source_path,
                                  sha256=req.sha256, log=logs / "source.log")
-        series = Series.load(req.series_dir)
+        series = Series.load(req.series_dir) if req.variant.patches else Series.none()
         with timed("unpack+patch"):
             src_tree = tree.prepare(src, series, log=logs / "unpack.log")
         with timed("config"):

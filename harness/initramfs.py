@@ -1,8 +1,10 @@
 """The boot test's userspace: a small, deterministic initramfs per architecture.
 
-It holds Debian's static busybox, an ``/init`` script that mounts the API filesystems and leaves a
-shell on the serial console for pexpect, and ``phc-read``, a tiny static C program that reads a PTP
-hardware clock (busybox has no PHC reader). The archive is ``cpio -H newc`` with sorted names,
+It holds Debian's static busybox, an ``/init`` script that mounts the API filesystems, starts
+busybox ``acpid`` (the ACPI power button powers the guest off, as the NeonVM guest's acpid does
+after stopping Postgres) and leaves a shell on the console for pexpect, ``phc-read``, a tiny static
+C program that reads a PTP hardware clock (busybox has no PHC reader), and ``contract-probe``
+(harness/probe/contract-probe.c), which asks the kernel for what a compute's userspace needs. The archive is ``cpio -H newc`` with sorted names,
 mtime 0 and owner root, so the same inputs always give the same bytes; it is cached under
 ``layout.cache_root()/initramfs/`` by the hash of those inputs.
 
@@ -26,8 +28,10 @@ from .errors import InfraError
 
 LOG = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"  # bump when the layout of the archive changes
+FORMAT_VERSION = "2"  # bump when the layout of the archive changes
 READY_MARKER = "@@NEONVM-TEST-INIT-READY@@"
+POWER_MARKER = "@@NEONVM-POWER-BUTTON@@"
+PROBE_SOURCE = Path(__file__).resolve().parent / "probe" / "contract-probe.c"
 HOST_BUSYBOX = Path("/bin/busybox")  # from the busybox-static package (configs/host-packages.txt)
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -37,6 +41,11 @@ INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb PS1='# '
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# The ACPI power button (QMP system_powerdown) reaches acpid through evdev: /etc/acpi/PWRF/
+acpid -l /tmp/acpid.log 2>/dev/null
 # Kernel messages of level warning and worse still reach the console (the harness watches them).
 dmesg -n 5 2>/dev/null
 stty cols 4096 2>/dev/null
@@ -63,7 +72,15 @@ int main(int argc, char **argv) {
 }
 """
 
-DIRS = ("bin", "dev", "etc", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin")
+POWER_SCRIPT = f"""#!/bin/sh
+# busybox acpid runs this for the power button: NeonVM's guest stops Postgres here, then powers off.
+echo "{POWER_MARKER} acpid: power button, powering off" > /dev/console
+sync
+poweroff -f
+"""
+
+DIRS = ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr",
+        "usr/bin", "usr/sbin")
 
 
 def _usable_busybox(path: Path, arch: Arch) -> bool:
@@ -122,11 +139,12 @@ def fetch_busybox(arch: Arch) -> Path:
     return target
 
 
-def _compile_phc_read(arch: Arch, dest: Path, log: Path) -> None:
+def _compile(arch: Arch, source_text: str, dest: Path, log: Path) -> None:
+    """A static binary for ``arch`` from one C file (cross-compiled where the arch is foreign)."""
     src = dest.with_suffix(".c")
-    src.write_text(PHC_READ_C)
+    src.write_text(source_text)
     proc.require_tool(arch.cross_gcc, step="initramfs", hint=f"install gcc-{arch.gnu_triplet} (./bootstrap does)")
-    proc.run([arch.cross_gcc, "-static", "-Os", "-s", "-o", dest, src], step=f"phc-read-{arch.name}",
+    proc.run([arch.cross_gcc, "-static", "-O2", "-Wall", "-s", "-o", dest, src], step=f"{dest.name}-{arch.name}",
              log=log, timeout=120)
     src.unlink()
 
@@ -136,7 +154,9 @@ def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(busybox(arch), root / "bin" / "busybox")
     (root / "init").write_text(init_text)
-    _compile_phc_read(arch, root / "bin" / "phc-read", log)
+    _compile(arch, PHC_READ_C, root / "bin" / "phc-read", log)
+    _compile(arch, PROBE_SOURCE.read_text(), root / "bin" / "contract-probe", log)
+    (root / "etc" / "acpi" / "PWRF" / "00000080").write_text(POWER_SCRIPT)
     try:
         os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
     except PermissionError:
@@ -145,7 +165,7 @@ def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
         if path.is_dir():
             path.chmod(0o755)
         elif path.is_file():
-            path.chmod(0o755 if path.parent.name in ("bin", "sbin") or path.name == "init" else 0o644)
+            path.chmod(0o755 if path.parent.name in ("bin", "sbin", "PWRF") or path.name == "init" else 0o644)
         os.utime(path, (0, 0), follow_symlinks=False)
 
 

@@ -81,10 +81,16 @@ def parse_fragment(path: Path) -> list[Request]:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    base: str
+    base: str  # make targets run in order in an empty build dir, e.g. "defconfig kvm_guest.config"
     fragments: tuple[str, ...]
     suffix: str
     committed: bool
+    base_arch: tuple[tuple[str, str], ...] = ()  # per-arch override of base: ((arch, targets), ...)
+    contract: bool = False  # carries the whole capability contract (configs/contract.toml)
+    patches: bool = True  # apply the patch series in configs/patches/
+
+    def base_targets(self, arch: Arch) -> list[str]:
+        return dict(self.base_arch).get(arch.name, self.base).split()
 
     def fragment_paths(self, arch: Arch) -> list[Path]:
         paths = []
@@ -104,10 +110,47 @@ class Variant:
         return out
 
 
+_VARIANT_KEYS = {"base", "base_arch", "fragments", "add_fragments", "suffix", "committed", "contract", "patches",
+                 "extends"}
+
+
 def load_variants(path: Path | None = None) -> dict[str, Variant]:
-    data = tomllib.loads((path or CONFIGS / "variants.toml").read_text())
-    return {name: Variant(name, v["base"], tuple(v["fragments"]), v.get("suffix", "-neonvm"),
-                          bool(v.get("committed", False))) for name, v in data.items()}
+    """configs/variants.toml. ``extends = "other"`` starts from another variant's base and
+    fragments (``add_fragments`` appends to them); a variant's own keys win."""
+    path = path or CONFIGS / "variants.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path}: {exc}", step=STEP) from None
+
+    def flat(name: str, seen: tuple[str, ...] = ()) -> dict:
+        if name not in data:
+            raise InvalidArgument(f"{path}: variant {seen[-1] if seen else name!r} extends unknown {name!r}",
+                                  step=STEP)
+        if name in seen:
+            raise InvalidArgument(f"{path}: variants extend each other in a loop: {' -> '.join(seen + (name,))}",
+                                  step=STEP)
+        raw = dict(data[name])
+        unknown = set(raw) - _VARIANT_KEYS
+        if unknown:
+            raise InvalidArgument(f"{path}: variant {name}: unknown key(s) {', '.join(sorted(unknown))}", step=STEP)
+        if "extends" not in raw:
+            return raw
+        parent = {k: v for k, v in flat(raw.pop("extends"), seen + (name,)).items()
+                  if k in ("base", "base_arch", "fragments", "patches")}
+        parent["fragments"] = list(parent.get("fragments", [])) + list(raw.pop("add_fragments", []))
+        return {**parent, **raw}
+
+    out = {}
+    for name in data:
+        v = flat(name)
+        if "base" not in v or "fragments" not in v:
+            raise InvalidArgument(f"{path}: variant {name} needs 'base' and 'fragments'", step=STEP)
+        out[name] = Variant(name, v["base"], tuple(v["fragments"]) + tuple(v.get("add_fragments", [])),
+                            v.get("suffix", "-neonvm"), bool(v.get("committed", False)),
+                            tuple(sorted(v.get("base_arch", {}).items())), bool(v.get("contract", False)),
+                            bool(v.get("patches", True)))
+    return out
 
 
 def get_variant(name: str) -> Variant:
@@ -237,7 +280,7 @@ def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: P
 # -- resolution ----------------------------------------------------------------------------------
 def resolution_key(tree: Path, arch: Arch, variant: Variant) -> str:
     h = hashlib.sha256()
-    h.update(f"{tree.name}\0{arch.name}\0{variant.base}\n".encode())
+    h.update(f"{tree.name}\0{arch.name}\0{' '.join(variant.base_targets(arch))}\n".encode())
     # Kconfig records the compiler's version and features: a new compiler means a new resolution.
     h.update(proc.capture([arch.cross_gcc, "--version"], step=STEP).encode())
     for p in variant.fragment_paths(arch):
@@ -264,7 +307,9 @@ def resolve(tree: Path, arch: Arch, variant: Variant, *, log: Path) -> Path:
         stamp.unlink(missing_ok=True)
         scratch.mkdir(parents=True, exist_ok=True)
         frags = variant.fragment_paths(arch)
-        proc.run(make_argv(arch, scratch, variant.base), step=STEP, log=log, cwd=tree, timeout=600)
+        for stale in (config, scratch / ".config.old"):  # a base target merges into an existing .config
+            stale.unlink(missing_ok=True)
+        proc.run(make_argv(arch, scratch, *variant.base_targets(arch)), step=STEP, log=log, cwd=tree, timeout=600)
         proc.run([tree / "scripts/kconfig/merge_config.sh", "-m", "-O", scratch, config, *frags],
                  step=STEP, log=log, cwd=tree, timeout=120,
                  env={"ARCH": arch.make_arch, "CROSS_COMPILE": arch.cross_compile})

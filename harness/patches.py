@@ -40,6 +40,11 @@ class Series:
                         for p in sorted(directory.glob("*.patch")))
         return cls(directory, patches)
 
+    @classmethod
+    def none(cls) -> "Series":
+        """No patches: the pristine tree (variants with ``patches = false``)."""
+        return cls(DEFAULT_SERIES, ())
+
     @property
     def sha256(self) -> str:
         """Identifies the series: names and contents, in order."""

@@ -42,6 +42,11 @@ LOG = logging.getLogger(__name__)
 MEMHP_CMDLINE = ("memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
                  "memory_hotplug.auto_movable_ratio=301")
 VIRTIO_MEM_ID = "vmem0"  # device id (QOM path /machine/peripheral/vmem0)
+LOG_PORT_NAME = "tech.neon.log.0"  # the runner's virtio-serial port for the guest's log shipper
+DATA_DRIVE_ID = "pgdata"
+# The kernel's own IP autoconfiguration, shaped like the runner's ip=<addr>:::<mask>:<host>:<dev>:off
+GUEST_IP, GUEST_NETMASK, GUEST_HOSTNAME, GUEST_NETDEV = "10.0.2.15", "255.255.255.0", "neonvm-guest", "eth0"
+IP_CMDLINE = f"ip={GUEST_IP}:::{GUEST_NETMASK}:{GUEST_HOSTNAME}:{GUEST_NETDEV}:off"
 VIRTIO_MEM_BLOCK = "8M"
 TOOLS_DRIVE_ID = "tools"
 TCG_SCALE = 3.0  # guest-side timeouts under TCG are this many times the KVM ones
@@ -124,6 +129,7 @@ class VmSpec:
     virtio_mem_mib: int = 1024  # size of the virtio-mem backend (the most it can plug)
     dimm_reserve_mib: int = 512  # room in maxmem for ACPI DIMMs
     tools_img: Path | None = None
+    data_disk: Path | None = None  # the Postgres data disk (ext4 with prjquota), when given
     cmdline_extra: tuple[str, ...] = ()
     name: str = "neonvm-boot-test"
 
@@ -142,12 +148,17 @@ class VmSpec:
 def kernel_cmdline(spec: VmSpec) -> str:
     arch = spec.arch
     parts = [f"console={arch.console}", *arch.kernel_cmdline_extra, f"maxcpus={spec.cpus_min}",
-             *MEMHP_CMDLINE, *spec.cmdline_extra]
+             *MEMHP_CMDLINE, IP_CMDLINE, *spec.cmdline_extra]
     return " ".join(parts)
 
 
-def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str) -> list[str]:
-    """The QEMU command line, shaped like the NeonVM runner's. The one place it is built."""
+def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, log_port: Path | str,
+              early_log: Path | str) -> list[str]:
+    """The QEMU command line, shaped like the NeonVM runner's. The one place it is built.
+
+    ``log_port`` receives what the guest writes to the runner's log port (tech.neon.log.0);
+    ``early_log`` what the first UART prints where the console is a virtconsole (earlycon).
+    """
     arch = spec.arch
     cpu = arch.qemu_cpu_kvm if spec.accel.name == "kvm" else arch.qemu_cpu_tcg
     argv = [
@@ -168,14 +179,25 @@ def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str) -
         "-chardev", f"socket,id=qmp,path={qmp_sock}",
         "-mon", "chardev=qmp,mode=control",
         "-chardev", f"socket,id=console,path={console_sock}",
-        "-serial", "chardev:console",
+        "-device", "virtio-serial-pci,id=virtio-serial0",
+        "-chardev", f"file,id=log,path={log_port}",
+        "-device", f"virtserialport,chardev=log,name={LOG_PORT_NAME}",
+        "-netdev", "user,id=net0,restrict=on",
+        "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:4e:56:4d",
     ]
+    if arch.console_device == "serial":  # the runner's console is the second UART (ttyS1)
+        argv += ["-serial", "null", "-serial", "chardev:console"]
+    else:
+        argv += ["-serial", f"file:{early_log}", "-device", "virtconsole,chardev=console"]
     if arch.firmware:
         argv += ["-bios", arch.firmware]
     argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec)]
     if spec.tools_img:
         argv += ["-drive", f"id={TOOLS_DRIVE_ID},file={spec.tools_img},if=none,format=raw,readonly=on",
                  "-device", f"virtio-blk-pci,drive={TOOLS_DRIVE_ID},id={TOOLS_DRIVE_ID}-blk"]
+    if spec.data_disk:
+        argv += ["-drive", f"id={DATA_DRIVE_ID},file={spec.data_disk},if=none,format=raw",
+                 "-device", f"virtio-blk-pci,drive={DATA_DRIVE_ID},id={DATA_DRIVE_ID}-blk"]
     return argv
 
 
@@ -291,9 +313,19 @@ class Vm:
     def qemu_log(self) -> Path:
         return self.log_dir / f"{self.tag}.qemu.log"
 
+    @property
+    def log_port_log(self) -> Path:
+        """What the guest wrote to the runner's log port (tech.neon.log.0)."""
+        return self.log_dir / f"{self.tag}.logport.log"
+
+    @property
+    def early_log(self) -> Path:
+        return self.log_dir / f"{self.tag}.early.log"
+
     def argv(self, rundir: Path | str) -> list[str]:
         rundir = Path(rundir)
-        return qemu_argv(self.spec, console_sock=rundir / "console.sock", qmp_sock=rundir / "qmp.sock")
+        return qemu_argv(self.spec, console_sock=rundir / "console.sock", qmp_sock=rundir / "qmp.sock",
+                         log_port=self.log_port_log, early_log=self.early_log)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Vm":
@@ -312,7 +344,8 @@ class Vm:
         binary = self.spec.arch.qemu_binary
         if not shutil.which(binary):
             raise ToolMissing(f"{binary} not found; install it (./bootstrap does)", step="qemu")
-        for path in (self.spec.kernel, self.spec.initrd, self.spec.tools_img, self.spec.arch.firmware):
+        for path in (self.spec.kernel, self.spec.initrd, self.spec.tools_img, self.spec.data_disk,
+                     self.spec.arch.firmware):
             if path and not Path(path).is_file():
                 raise InfraError(f"{path} does not exist", step="qemu")
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ class Guest:
     tools_img: Path | None = None
     tools_required: bool = False
     boot_dmesg: str = ""
+    data_disk: Path | None = None  # the runner-shaped Postgres data disk attached to the VM
+    powered_off: bool = False  # set by the check that powers the guest off (it runs last)
 
     @property
     def console(self):

@@ -54,8 +54,8 @@ def smoke_build() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def no_virtio_mem_build() -> dict[str, Path]:
-    """{arch: OUT dir} of the smoke kernel without virtio-mem (negative boot test)."""
-    return _LazyBuilds("no-virtio-mem")
+    """{arch: OUT dir} of the negative smoke kernel: no virtio-mem, no madvise (negative boot tests)."""
+    return _LazyBuilds("negative")
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
 
 
 def test_our_kernel_built_without_virtio_mem_fails_the_check(no_virtio_mem_build, tmp_path):
-    """The smoke kernel with CONFIG_VIRTIO_MEM off (variant no-virtio-mem): a failure, never a skip."""
+    """The smoke kernel with CONFIG_VIRTIO_MEM off (variant negative): a failure, never a skip."""
     out = no_virtio_mem_build["amd64"]
     assert "CONFIG_VIRTIO_MEM=y" not in (out / "config").read_text()
     results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),

@@ -19,7 +19,8 @@ TCG = vm.Accel("tcg", "test")
 def golden_argv(arch_name: str) -> list[str]:
     spec = boottest.vm_spec(arch=get_arch(arch_name), kernel=Path("/OUT/vmlinuz"), initrd=Path("/CACHE/initramfs.cpio"),
                             accel=TCG, tools_img=Path("/OUT/tools.img"))
-    return vm.qemu_argv(spec, console_sock="/RUN/console.sock", qmp_sock="/RUN/qmp.sock")
+    return vm.qemu_argv(spec, console_sock="/RUN/console.sock", qmp_sock="/RUN/qmp.sock",
+                        log_port="/OUT/boot/boot.logport.log", early_log="/OUT/boot/boot.early.log")
 
 
 @pytest.mark.parametrize("arch_name", sorted(ARCHES))
@@ -42,7 +43,9 @@ def test_runner_shape_amd64():
     assert "-no-reboot" in argv and "-nodefaults" in argv
     assert "file=/OUT/tools.img,if=none,format=raw,readonly=on" in joined
     cmdline = argv[argv.index("-append") + 1]
-    for word in ("console=ttyS0", "maxcpus=1", "memhp_default_state=online",
+    assert "-serial null -serial chardev:console" in joined  # the runner's console is the second UART
+    assert "virtserialport,chardev=log,name=tech.neon.log.0" in joined
+    for word in ("console=ttyS1", "maxcpus=1", "ip=10.0.2.15:::255.255.255.0:neonvm-guest:eth0:off", "memhp_default_state=online",
                  "memory_hotplug.online_policy=auto-movable", "memory_hotplug.auto_movable_ratio=301"):
         assert word in cmdline.split()
 
@@ -52,20 +55,21 @@ def test_runner_shape_arm64():
     assert argv[argv.index("-machine") + 1] == "virt"
     assert argv[argv.index("-bios") + 1].endswith("QEMU_EFI.fd")
     cmdline = argv[argv.index("-append") + 1].split()
-    assert "acpi=on" in cmdline and "console=ttyAMA0" in cmdline
+    assert "acpi=on" in cmdline and "console=hvc0" in cmdline
+    assert "virtconsole,chardev=console" in argv and "file:/OUT/boot/boot.early.log" in argv
     # arm64 scales vCPUs through sysfs only: all present at boot, maxcpus=1 keeps them offline
     assert "cpus=4,maxcpus=4,sockets=1,cores=4,threads=1" in " ".join(argv)
 
 
 def test_kvm_uses_host_cpu():
     spec = boottest.vm_spec(arch=get_arch("amd64"), kernel=Path("k"), initrd=Path("i"), accel=vm.Accel("kvm", "t"))
-    argv = vm.qemu_argv(spec, console_sock="c", qmp_sock="q")
+    argv = vm.qemu_argv(spec, console_sock="c", qmp_sock="q", log_port="l", early_log="e")
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
 
 
 def test_no_tools_drive_without_image():
     spec = boottest.vm_spec(arch=get_arch("amd64"), kernel=Path("k"), initrd=Path("i"), accel=TCG)
-    assert not any("virtio-blk" in a for a in vm.qemu_argv(spec, console_sock="c", qmp_sock="q"))
+    assert not any("virtio-blk" in a for a in vm.qemu_argv(spec, console_sock="c", qmp_sock="q", log_port="l", early_log="e"))
 
 
 def test_spec_validated_when_built():

@@ -16,7 +16,7 @@ def fake_inputs(monkeypatch, tmp_path):
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF fake busybox")
     monkeypatch.setattr(initramfs, "busybox", lambda arch: bb)
-    monkeypatch.setattr(initramfs, "_compile_phc_read", lambda arch, dest, log: dest.write_bytes(b"phc"))
+    monkeypatch.setattr(initramfs, "_compile", lambda arch, text, dest, log: dest.write_bytes(dest.name.encode()))
     return tmp_path
 
 
@@ -37,7 +37,7 @@ def test_contents_sorted_root_owned_epoch(fake_inputs, monkeypatch):
                              text=True, check=True).stdout.splitlines()
     names = [ln.split()[-1] for ln in listing]
     assert names == sorted(names)
-    assert {"init", "bin/busybox", "bin/phc-read"} <= set(names)
+    assert {"init", "bin/busybox", "bin/phc-read", "bin/contract-probe", "etc/acpi/PWRF/00000080"} <= set(names)
     assert all(" root     root " in ln for ln in listing)
     assert all("1970" in ln for ln in listing)
 

@@ -1,0 +1,123 @@
+"""``compare-config`` against the real thing: this host's Debian kernel config, the committed production
+config and the real pinned tree (unpacked by the harness, as the CLI does). Facts checked through the
+contract and the fragments themselves, never through counts that depend on their content."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import compareconfig as cc
+from harness import contract, kconfig
+from harness.arch import get_arch
+from harness.layout import REPO
+
+pytestmark = pytest.mark.integration
+AMD64 = get_arch("amd64")
+
+
+def _debian_config() -> Path | None:
+    own = Path(f"/boot/config-{os.uname().release}")
+    if own.is_file():
+        return own
+    found = sorted(Path("/boot").glob("config-*"))
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> dict:
+    ref = _debian_config()
+    if ref is None:
+        pytest.skip("no Debian kernel config in /boot (config-*)")
+    tmp = tmp_path_factory.mktemp("compare")
+    contract_path = contract.CONTRACT
+    if not contract_path.is_file():  # the contract is being written: run with an empty one
+        contract_path = tmp / "contract.toml"
+        contract_path.write_text("")
+    out = tmp / "compare.json"
+    cmd = [sys.executable, "-m", "harness", "compare-config", "amd64", str(ref), "--allow-unexplained",
+           "--json", str(out), "--contract", str(contract_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    return {"data": data, "stdout": proc.stdout, "cmd": cmd, "contract": contract.load(contract_path),
+            "by": {d["option"]: d for d in data["differences"]}, "ref": ref,
+            "requests": kconfig.get_variant("production").requests(AMD64),
+            "index": cc.load_index(Path(data["tree"]), AMD64.srcarch)}
+
+
+def test_thousands_of_options_classified(compared):
+    data = compared["data"]
+    assert len(data["differences"]) > 1000
+    counts = data["counts"]
+    assert sum(counts.values()) == len(data["differences"])
+    assert all(counts[c] > 0 for c in ("requested", "hardware", "y-vs-m")), counts
+    summary = [line for line in compared["stdout"].splitlines() if line.startswith("summary: amd64: ")]
+    assert len(summary) == 1 and f"{len(data['differences'])} option(s) differ" in summary[0]
+    assert len(compared["index"].symbols) > 10000  # the whole x86 Kconfig, through `source`
+
+
+def test_every_class_agrees_with_the_fragments_and_the_contract(compared):
+    con, requests, index = compared["contract"], compared["requests"], compared["index"]
+    policy = 0
+    for d in compared["data"]["differences"]:
+        opt = d["option"]
+        if d["class"] == "y-vs-m":
+            assert {d["ours"], d["reference"]} == {"y", "m"}, d
+            continue
+        req = requests.get(opt)
+        om = con.omission(opt, "amd64")
+        if req is not None:
+            assert (d["class"], d["request"]) == ("requested", req.where), d
+        elif om is not None and d["direction"] != "ours-enables":
+            assert (d["class"], d["omission"]) == ("omitted" if om.kind == "policy" else "hardware", om.name), d
+            policy += om.kind == "policy"
+        elif d["class"] == "unexplained":
+            sym = index.lookup(opt)
+            assert sym is not None and sym.prompted, d  # a real choice, nobody explains
+        else:
+            assert d["class"] == "hardware" and (index.lookup(opt) is None or not index.lookup(opt).prompted), d
+    assert (compared["data"]["counts"]["omitted"] > 0) == (policy > 0)
+
+
+def test_the_exit_status_follows_the_unexplained_options_the_reference_enables(compared):
+    data = compared["data"]
+    failing = [d["option"] for d in data["differences"]
+               if d["class"] == "unexplained" and d["direction"] == "reference-enables"]
+    assert data["failing"] == failing
+    cmd = [a for a in compared["cmd"] if a != "--allow-unexplained"]
+    rc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600).returncode
+    assert rc == (1 if failing else 0)
+
+
+def test_known_facts(compared):
+    by, ref, con = compared["by"], kconfig.parse_config_text(compared["ref"].read_text()), compared["contract"]
+    # virtio-blk carries the root disk: when it differs from Debian's, a fragment line says why
+    if "CONFIG_VIRTIO_BLK" in by:
+        vb = by["CONFIG_VIRTIO_BLK"]
+        assert vb["class"] in ("requested", "y-vs-m") and vb["request"].startswith("configs/fragments/")
+        cap = con.requirement("CONFIG_VIRTIO_BLK", "amd64")
+        assert vb["capability"] == (cap.name if cap else None)
+    # Intel PCIe NIC, a module in Debian: hardware a VM does not have
+    if ref.get("CONFIG_E1000E") == "m" and by.get("CONFIG_E1000E", {}).get("ours") == "n":
+        assert by["CONFIG_E1000E"]["class"] in ("hardware", "omitted", "requested")
+        assert by["CONFIG_E1000E"]["menu"][:2] == ["Device Drivers", "Network device support"]
+    # lib/Kconfig's BTREE has no prompt: whatever selects it decides
+    if ref.get("CONFIG_BTREE") == "y" and "CONFIG_BTREE" in by and con.omission("BTREE", "amd64") is None:
+        assert by["CONFIG_BTREE"]["class"] == "hardware"
+        assert by["CONFIG_BTREE"]["reason"].startswith("internal symbol (no prompt")
+    # options Debian 6.1 had and 6.12 dropped are not in the tree at all
+    gone = [d for d in by.values() if d["menu"] == [cc.NOT_IN_TREE]]
+    assert all(d["class"] in ("hardware", "requested", "omitted") for d in gone)
+    assert all(compared["index"].lookup(d["option"]) is None for d in gone)
+    # menus come from the Kconfig tree
+    assert compared["index"].lookup("NF_CONNTRACK").menu == (
+        "Networking support", "Networking options", "Network packet filtering framework (Netfilter)",
+        "Core Netfilter Configuration")
+    assert compared["index"].lookup("BTRFS_FS").menu == ("File systems",)
+    assert compared["index"].lookup("VIRTIO_BLK").menu == ("Device Drivers", "Block devices")
+    assert "== Device Drivers > Network device support" in compared["stdout"]

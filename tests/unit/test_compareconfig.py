@@ -1,0 +1,418 @@
+"""harness/compareconfig.py: the Kconfig scanner, the classification of every difference, the report,
+the CLI (exit status, errors, JSON) and the index cache. Fixtures: fixtures/compare/."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import compareconfig as cc
+from harness import contract, kconfig, source
+from harness.__main__ import main
+from harness.arch import get_arch
+from harness.layout import FIXTURES
+
+FIX = FIXTURES / "compare"
+TREE = FIX / "tree"
+CONFIGS = FIX / "configs"
+REFERENCE = FIX / "reference.config"
+CONTRACT = CONFIGS / "contract.toml"
+
+# option -> (class, direction) of every difference between the fixtures' amd64 config and the reference
+EXPECTED_AMD64 = {
+    "CONFIG_ARM64_SVE": (cc.HARDWARE, cc.REF_ENABLES),  # defined only under arch/arm64/
+    "CONFIG_BLK_DEV_LOOP": (cc.UNEXPLAINED, cc.OURS_ENABLES),  # ours enables it, nothing says why
+    "CONFIG_BTRFS_FS": (cc.OMITTED, cc.REF_ENABLES),  # policy omission BTRFS_*
+    "CONFIG_BTRFS_FS_POSIX_ACL": (cc.OMITTED, cc.REF_ENABLES),
+    "CONFIG_CC_VERSION_TEXT": (cc.HARDWARE, cc.VALUE),  # internal (no prompt)
+    "CONFIG_E1000E": (cc.REQUESTED, cc.REF_ENABLES),  # '# CONFIG_E1000E is not set' in a fragment
+    "CONFIG_EXPERT": (cc.UNEXPLAINED, cc.REF_ENABLES),
+    "CONFIG_FAKE_IN_HELP": (cc.HARDWARE, cc.REF_ENABLES),  # only in a help text: not a symbol
+    "CONFIG_FS_MBCACHE": (cc.HARDWARE, cc.REF_ENABLES),  # internal
+    "CONFIG_IXGBE": (cc.HARDWARE, cc.REF_ENABLES),  # hardware omission
+    "CONFIG_LOCALVERSION": (cc.REQUESTED, cc.VALUE),  # "" in the reference means unset
+    "CONFIG_NFS_FS": (cc.Y_VS_M, cc.BUILTIN_MODULE),
+    "CONFIG_OLD_REMOVED_DRIVER": (cc.HARDWARE, cc.REF_ENABLES),  # not in the tree
+    "CONFIG_ORPHAN_DRIVER": (cc.HARDWARE, cc.REF_ENABLES),  # in a Kconfig nobody sources
+    "CONFIG_TUN": (cc.UNEXPLAINED, cc.REF_ENABLES),
+    "CONFIG_VIRTIO_BLK": (cc.REQUESTED, cc.OURS_ENABLES),
+    "CONFIG_VIRTIO_NET": (cc.Y_VS_M, cc.BUILTIN_MODULE),
+    "CONFIG_WIREGUARD": (cc.OMITTED, cc.REF_ENABLES),
+}
+
+
+@pytest.fixture
+def fake_configs(tmp_path, monkeypatch) -> Path:
+    """configs/ is fixtures/compare/configs; the cache is private."""
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kconfig, "CONFIGS", CONFIGS)
+    monkeypatch.setattr(kconfig, "FRAGMENTS", CONFIGS / "fragments")
+    monkeypatch.setattr(source, "CONFIGS", CONFIGS)
+    return CONFIGS
+
+
+def _compare(arch: str = "amd64", reference: Path = REFERENCE) -> cc.Comparison:
+    a = get_arch(arch)
+    ours = kconfig.parse_config_text(kconfig.committed_config_path(a, "6.12.117").read_text())
+    ref = kconfig.parse_config_text(reference.read_text())
+    requests = kconfig.get_variant("production").requests(a)
+    contr = contract.parse(CONTRACT.read_text(), CONTRACT)
+    return cc.compare(ours, ref, requests, contr, cc.load_index(TREE, a.srcarch), a.name)
+
+
+def _by_option(result: cc.Comparison) -> dict[str, cc.Difference]:
+    return {d.option: d for d in result.differences}
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _args(*extra: str, arch: str = "amd64", reference: Path | str = REFERENCE) -> list[str]:
+    return ["compare-config", arch, str(reference), "--tree", str(TREE), "--contract", str(CONTRACT), *extra]
+
+
+# -- the Kconfig scanner ------------------------------------------------------------------------------
+def test_scan_text_prompts_menus_sources_and_help():
+    scan = cc.scan_text(textwrap.dedent('''\
+        menu "Outer"
+        config A
+        \tbool "A prompt" if EXPERT
+        config B
+        \tdef_bool y
+        config C
+        \ttristate
+        \tprompt 'C prompt'
+        config D
+        \tint
+        \thelp
+        \t  config NOT_A_SYMBOL
+        \t    bool "nor a prompt"
+
+        \t  source "not/a/source"
+        menu "Inner"
+        source "x/$(SRCARCH)/Kconfig"
+        config E
+        \tstring "E" \\
+        \t\tif A
+        endmenu
+        endmenu
+        config F
+        \thex
+        '''))
+    assert [(e.symbol, e.line, e.prompted, e.menu) for e in scan.entries] == [
+        ("A", 2, True, ("Outer",)), ("B", 4, False, ("Outer",)), ("C", 6, True, ("Outer",)),
+        ("D", 9, False, ("Outer",)), ("E", 18, True, ("Outer", "Inner")), ("F", 23, False, ())]
+    assert [(s.path, s.line, s.menu) for s in scan.sources] == [("x/$(SRCARCH)/Kconfig", 17, ("Outer", "Inner"))]
+
+
+def test_scan_text_a_menuconfig_with_its_if_block_is_a_menu():
+    scan = cc.scan_text(textwrap.dedent('''\
+        menuconfig NETDEVICES
+        \tbool "Network device support"
+        config HELPER
+        \tdef_bool y
+        if NETDEVICES
+        config TUN
+        \ttristate "TUN"
+        if PCI
+        config E1000E
+        \ttristate "e1000e"
+        endif
+        endif # NETDEVICES
+        if HELPER
+        config AFTER
+        \tbool "after"
+        endif
+        '''))
+    assert {e.symbol: e.menu for e in scan.entries} == {
+        "NETDEVICES": (), "HELPER": (), "TUN": ("Network device support",),
+        "E1000E": ("Network device support",), "AFTER": ()}
+
+
+def test_scan_text_help_ends_at_a_smaller_indent():
+    """As in Kconfig's lexer: the first help line sets the indent; a line indented less ends it."""
+    scan = cc.scan_text("config A\n\tbool\n\thelp\n\t  text\n\n\t  more\n\tbool \"late prompt\"\nconfig B\n"
+                        "\tbool\n\thelp\nconfig C\n\tbool \"C\"\n")
+    assert [(e.symbol, e.prompted) for e in scan.entries] == [("A", True), ("B", False), ("C", True)]
+
+
+def test_index_follows_sources_for_each_arch():
+    x86 = cc.load_index(TREE, "x86")
+    assert x86.lookup("CONFIG_KVM_GUEST") == cc.Symbol("KVM_GUEST", ("arch/x86/Kconfig:12",), True,
+                                                         ("Processor type and features",))
+    assert x86.lookup("CONFIG_TUN").menu == ("Device Drivers", "Network device support")
+    assert x86.lookup("CONFIG_NFS_FS").menu == ("File systems", "Network File Systems")
+    assert x86.lookup("CONFIG_LOCALVERSION").menu == ("General setup",)
+    assert x86.lookup("CONFIG_EXPERT").prompted and not x86.lookup("CONFIG_X86_64").prompted
+    assert x86.lookup("CONFIG_ARM64_SVE") is None
+    assert x86.defined_elsewhere("CONFIG_ARM64_SVE") == ("arch/arm64/Kconfig:10",)
+    assert x86.defined_elsewhere("CONFIG_ORPHAN_DRIVER") == ("drivers/orphan/Kconfig:3",)
+    assert x86.lookup("CONFIG_FAKE_IN_HELP") is None and x86.defined_elsewhere("CONFIG_FAKE_IN_HELP") == ()
+    arm = cc.load_index(TREE, "arm64")
+    assert arm.lookup("ARM64_SVE").menu == ("Kernel Features",)
+    assert arm.lookup("CONFIG_KVM_GUEST") is None
+    assert arm.lookup("CONFIG_64BIT") == cc.Symbol("64BIT", ("arch/arm64/Kconfig:5",), False, ())
+
+
+def test_index_is_cached_per_tree_and_rescanned_when_a_kconfig_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    shutil.copytree(TREE, tree)
+    first = cc.load_index(tree, "x86")
+    cached = list((tmp_path / "cache" / "kconfig-index").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["tree"] == str(tree.resolve())
+
+    def no_scan(text):
+        raise AssertionError("scanned again although no Kconfig changed")
+
+    monkeypatch.setattr(cc, "scan_text", no_scan)
+    assert cc.load_index(tree, "x86") == first
+    monkeypatch.undo()
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path / "cache"))
+    kfile = tree / "fs" / "Kconfig"
+    lines = len(kfile.read_text().splitlines())
+    with open(kfile, "a") as fh:
+        fh.write('\nconfig NEW_FS\n\ttristate "new"\n')
+    assert cc.load_index(tree, "x86").lookup("NEW_FS").definitions == (f"fs/Kconfig:{lines + 2}",)
+    assert len(list((tmp_path / "cache" / "kconfig-index").glob("*.json"))) == 1  # the stale one is gone
+
+
+# -- classification ---------------------------------------------------------------------------------
+def test_normalise():
+    assert [cc.normalise(v) for v in (None, "n", '""', '"-neonvm"', "y", " m ", "0x10", '"a \\"q\\""')] == [
+        "n", "n", "n", "-neonvm", "y", "m", "0x10", 'a "q"']
+
+
+def test_every_difference_is_classified(fake_configs):
+    result = _compare()
+    assert {d.option: (d.cls, d.direction) for d in result.differences} == EXPECTED_AMD64
+    assert result.counts() == {cc.REQUESTED: 3, cc.OMITTED: 3, cc.HARDWARE: 7, cc.UNEXPLAINED: 3, cc.Y_VS_M: 2}
+    assert [d.option for d in result.failing()] == ["CONFIG_EXPERT", "CONFIG_TUN"]
+
+
+def test_requested_names_the_fragment_line_and_the_capability(fake_configs):
+    d = _by_option(_compare())
+    assert d["CONFIG_VIRTIO_BLK"].request == "configs/fragments/base.config:4"
+    assert d["CONFIG_VIRTIO_BLK"].capability == "root-disk"
+    assert d["CONFIG_VIRTIO_BLK"].needed_by == "neonvm-runner (the root and runtime disks are virtio-blk)"
+    assert d["CONFIG_VIRTIO_BLK"].reason == ("configs/fragments/base.config:4: CONFIG_VIRTIO_BLK=y; capability "
+                                             "'root-disk', needed by neonvm-runner (the root and runtime disks "
+                                             "are virtio-blk)")
+    # an option a fragment switches off is requested too, ahead of the hardware omission E1000*
+    assert (d["CONFIG_E1000E"].request, d["CONFIG_E1000E"].omission) == ("configs/fragments/base.config:8", None)
+    assert d["CONFIG_LOCALVERSION"].ours == "-neonvm" and d["CONFIG_LOCALVERSION"].reference == "n"
+
+
+def test_omissions_and_hardware_reasons(fake_configs):
+    d = _by_option(_compare())
+    assert (d["CONFIG_BTRFS_FS_POSIX_ACL"].omission, d["CONFIG_BTRFS_FS_POSIX_ACL"].omission_kind) == (
+        "no-btrfs", "policy")
+    assert d["CONFIG_WIREGUARD"].reason == ("policy omission 'no-vpn': the VM's network is set up by the "
+                                            "runner, no tunnels in the guest")
+    assert d["CONFIG_IXGBE"].reason == "hardware omission 'physical-nics': a NeonVM guest has only virtio-net"
+    assert d["CONFIG_FS_MBCACHE"].reason == "internal symbol (no prompt: derived, never chosen) at fs/Kconfig:11"
+    assert d["CONFIG_ARM64_SVE"].reason == "not in x86's Kconfig: defined only in arch/arm64/Kconfig:10"
+    assert d["CONFIG_ARM64_SVE"].menu == (cc.OTHER_ARCH,)
+    assert d["CONFIG_OLD_REMOVED_DRIVER"].reason == "not defined in this kernel tree"
+    assert d["CONFIG_OLD_REMOVED_DRIVER"].menu == (cc.NOT_IN_TREE,)
+
+
+def test_an_omission_does_not_explain_an_option_ours_enables(fake_configs):
+    ref = FIX / "reference.config"
+    a = get_arch("amd64")
+    contr = contract.parse(CONTRACT.read_text() + '\n[[omission]]\nname = "no-loop"\nreason = "r"\n'
+                           'options = ["BLK_DEV_LOOP"]\n', CONTRACT)
+    result = cc.compare(kconfig.parse_config_text(kconfig.committed_config_path(a, "6.12.117").read_text()),
+                        kconfig.parse_config_text(ref.read_text()), {}, contr, cc.load_index(TREE, "x86"), "amd64")
+    assert _by_option(result)["CONFIG_BLK_DEV_LOOP"].cls == cc.UNEXPLAINED
+
+
+def test_arm64_uses_its_own_requests_arch_and_capabilities(fake_configs):
+    d = _by_option(_compare("arm64"))
+    assert "CONFIG_ARM64_SVE" not in d  # y in both: requested by arch/arm64.config
+    assert (d["CONFIG_KVM_GUEST"].cls, d["CONFIG_KVM_GUEST"].capability) == (cc.HARDWARE, None)
+    assert d["CONFIG_KVM_GUEST"].reason == "not in arm64's Kconfig: defined only in arch/x86/Kconfig:12"
+    assert d["CONFIG_X86_64"].cls == cc.HARDWARE
+    assert d["CONFIG_VIRTIO_BLK"].capability == "root-disk"
+
+
+# -- the report -----------------------------------------------------------------------------------------
+def test_render_groups_by_menu(fake_configs):
+    text = cc.render(_compare())
+    assert "== Device Drivers > Network device support (1 requested, 1 omitted on purpose, " \
+           "1 hardware/internal, 1 unexplained)" in text.splitlines()
+    groups: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("== "):
+            current = line[3:].rsplit(" (", 1)[0]
+        elif line.startswith("  "):
+            words = [w for w in line.split() if w.startswith("CONFIG_")]
+            if words:
+                groups.setdefault(current, []).append(words[0])
+    assert groups["Device Drivers > Network device support"] == [
+        "CONFIG_TUN", "CONFIG_WIREGUARD", "CONFIG_E1000E", "CONFIG_IXGBE"]  # unexplained first
+    assert groups["Device Drivers > Block devices"] == ["CONFIG_BLK_DEV_LOOP", "CONFIG_VIRTIO_BLK"]
+    assert groups["File systems"] == ["CONFIG_BTRFS_FS", "CONFIG_BTRFS_FS_POSIX_ACL", "CONFIG_FS_MBCACHE"]
+    assert groups["General setup"] == ["CONFIG_EXPERT", "CONFIG_LOCALVERSION", "CONFIG_CC_VERSION_TEXT"]
+    assert groups["(not in this arch's Kconfig)"] == ["CONFIG_ARM64_SVE", "CONFIG_ORPHAN_DRIVER"]
+    assert groups["(not in this tree)"] == ["CONFIG_FAKE_IN_HELP", "CONFIG_OLD_REMOVED_DRIVER"]
+    assert groups["built-in vs module"] == ["CONFIG_NFS_FS", "CONFIG_VIRTIO_NET"]
+    assert text.splitlines()[-1] == ("summary: amd64: 18 option(s) differ: 3 requested, 3 omitted on purpose, "
+                                     "7 hardware/internal, 3 unexplained (2 enabled by the reference); "
+                                     "2 built-in vs module")
+
+
+def test_render_depth_and_prefixes(fake_configs):
+    result = _compare()
+    text = cc.render(result, depth=1)
+    assert "== Device Drivers (2 requested, 1 omitted on purpose, 1 hardware/internal, 2 unexplained)" in text
+    assert result.unexplained_prefixes() == [("EXPERT", 1, [("General setup", 1)]),
+                                             ("TUN", 1, [("Device Drivers > Network device support", 1)])]
+
+
+def test_prefixes_take_the_first_word():
+    diffs = tuple(cc.Difference(o, "n", "m", cc.REF_ENABLES, cc.UNEXPLAINED, "", ("Networking",))
+                  for o in ("CONFIG_NF_CONNTRACK", "CONFIG_NF_NAT", "CONFIG_NF", "CONFIG_USB"))
+    assert cc.Comparison("amd64", diffs).unexplained_prefixes() == [
+        ("NF_", 3, [("Networking", 3)]), ("USB", 1, [("Networking", 1)])]
+
+
+# -- the CLI --------------------------------------------------------------------------------------------
+def test_cli_fails_on_unexplained_options_the_reference_enables(fake_configs, capsys):
+    rc, out, err = _cli(capsys, *_args())
+    assert rc == 1, err
+    assert out.splitlines()[0] == f"compare-config amd64: ours {CONFIGS}/linux-config-amd64-6.12.117 vs " \
+                                  f"reference {REFERENCE}"
+    assert "summary: amd64: 18 option(s) differ: 3 requested, 3 omitted on purpose, 7 hardware/internal, " \
+           "3 unexplained (2 enabled by the reference); 2 built-in vs module" in out
+    assert out.splitlines()[-1].startswith("FAIL: 2 option(s) the reference enables are unexplained")
+
+
+def test_cli_allow_unexplained_exits_0(fake_configs, capsys):
+    rc, out, err = _cli(capsys, *_args("--allow-unexplained"))
+    assert (rc, err) == (0, "")
+    assert out.splitlines()[-1].startswith("allowed: 2 option(s)")
+
+
+def test_cli_exits_0_when_everything_is_explained(fake_configs, tmp_path, capsys):
+    ref = tmp_path / "ref.config"
+    ref.write_text(REFERENCE.read_text().replace("CONFIG_TUN=m\n", "").replace("CONFIG_EXPERT=y\n", ""))
+    rc, out, err = _cli(capsys, *_args(reference=ref))
+    assert rc == 0, out + err
+    assert "unexplained (0 enabled by the reference)" in out and "FAIL" not in out
+
+
+def test_cli_ours_only_unexplained_does_not_fail(fake_configs, tmp_path, capsys):
+    ref = tmp_path / "ref.config"
+    ref.write_text(REFERENCE.read_text().replace("CONFIG_TUN=m\n", "").replace("CONFIG_EXPERT=y\n", ""))
+    rc, out, _ = _cli(capsys, *_args(reference=ref))
+    assert rc == 0 and "unexplained         CONFIG_BLK_DEV_LOOP" in out
+
+
+def test_cli_writes_json(fake_configs, tmp_path, capsys):
+    path = tmp_path / "out" / "compare.json"
+    rc, _, err = _cli(capsys, *_args("--json", str(path)))
+    assert rc == 1, err
+    data = json.loads(path.read_text())
+    assert data["arch"] == "amd64" and data["reference"] == str(REFERENCE) and data["tree"] == str(TREE)
+    assert data["counts"] == {"requested": 3, "omitted": 3, "hardware": 7, "unexplained": 3, "y-vs-m": 2}
+    assert data["failing"] == ["CONFIG_EXPERT", "CONFIG_TUN"]
+    by = {d["option"]: d for d in data["differences"]}
+    assert {o: (d["class"], d["direction"]) for o, d in by.items()} == EXPECTED_AMD64
+    assert by["CONFIG_VIRTIO_BLK"] == {
+        "option": "CONFIG_VIRTIO_BLK", "ours": "y", "reference": "n", "direction": "ours-enables",
+        "class": "requested", "menu": ["Device Drivers", "Block devices"],
+        "kconfig": ["drivers/block/Kconfig:11"], "request": "configs/fragments/base.config:4",
+        "capability": "root-disk", "needed_by": "neonvm-runner (the root and runtime disks are virtio-blk)",
+        "omission": None, "omission_kind": None,
+        "reason": by["CONFIG_VIRTIO_BLK"]["reason"]}
+    assert data["unexplained_prefixes"][0] == {"prefix": "EXPERT", "count": 1, "menus": {"General setup": 1}}
+
+
+def test_cli_reads_a_gzipped_reference(fake_configs, tmp_path, capsys):
+    ref = tmp_path / "config.gz"
+    ref.write_bytes(gzip.compress(REFERENCE.read_bytes()))
+    rc, out, _ = _cli(capsys, *_args("--allow-unexplained", reference=ref))
+    assert rc == 0 and "summary: amd64: 18 option(s) differ" in out
+
+
+def _error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["bad arch", "missing", "directory", "not a config", "empty", "no contract",
+                                  "not a tree"])
+def test_cli_errors_are_one_line_exit_2(fake_configs, tmp_path, capsys, case):
+    junk = tmp_path / "junk.txt"
+    junk.write_text("# just a comment\nCONFIGURE=yes\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    argv, expected = {
+        "bad arch": (_args(arch="sparc"), "error: [compare-config] unknown architecture 'sparc' (known: amd64, arm64)"),
+        "missing": (_args(reference=tmp_path / "nope"),
+                    f"error: [compare-config] reference config {tmp_path / 'nope'} does not exist"),
+        "directory": (_args(reference=tmp_path), f"error: [compare-config] cannot read reference config {tmp_path}: "
+                                                 "Is a directory"),
+        "not a config": (_args(reference=junk),
+                         f"error: [compare-config] reference config {junk} is not a kernel config (no CONFIG_ lines)"),
+        "empty": (_args(reference=empty),
+                  f"error: [compare-config] reference config {empty} is not a kernel config (no CONFIG_ lines)"),
+        "no contract": (["compare-config", "amd64", str(REFERENCE), "--tree", str(TREE), "--contract",
+                         str(tmp_path / "c.toml")],
+                        f"error: [compare-config] contract {tmp_path / 'c.toml'} does not exist "
+                        "(give one with --contract PATH)"),
+        "not a tree": (["compare-config", "amd64", str(REFERENCE), "--tree", str(tmp_path), "--contract",
+                        str(CONTRACT)], f"error: [compare-config] {tmp_path} is not a kernel tree (no top-level "
+                                        "Kconfig)"),
+    }[case]
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 2
+    assert _error(err) == expected
+    assert out == ""
+
+
+def test_cli_unreadable_reference(fake_configs, tmp_path, capsys, monkeypatch):
+    ref = tmp_path / "ref.config"
+    ref.write_text("CONFIG_A=y\n")
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == ref:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    rc, _, err = _cli(capsys, *_args(reference=ref))
+    assert (rc, _error(err)) == (2, f"error: [compare-config] cannot read reference config {ref}: Permission denied")
+
+
+def test_run_without_tree_uses_the_pinned_source(fake_configs, monkeypatch, capsys):
+    """No --tree: the tree comes from configs._tree(pin, log), as update-configs gets it."""
+    from harness import configs
+
+    seen = []
+
+    def fake_tree(pin, log):
+        seen.append((pin.version, log.name))
+        return None, TREE
+
+    monkeypatch.setattr(configs, "_tree", fake_tree)
+    rc = cc.run("x86_64", REFERENCE, allow_unexplained=True, contract_path=CONTRACT)
+    assert rc == 0 and seen == [("6.12.117", "compare-config.log")]
+    assert f"(tree {TREE}, contract {CONTRACT}; 25 Kconfig symbols)" in capsys.readouterr().out
+
+
+def test_nox_session_exists_with_usage():
+    noxfile = (Path(__file__).resolve().parents[2] / "noxfile.py").read_text()
+    assert '@nox.session(name="compare-config")' in noxfile
+    assert 'session.error("usage: nox -s compare-config -- {amd64|arm64} REFERENCE_CONFIG' in noxfile
