@@ -33,6 +33,7 @@ class Arch:
     cpu_hotplug_qmp: bool  # the runner hot-plugs vCPUs through QMP device_add (amd64) ...
     cpu_hotplug_sysfs: bool  # ... or scales them through sysfs online/offline
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug
+    hotadd_fault_check: bool  # the memory hot-add series (x86 direct mapping) and its fault-injection proof
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
     boot_timeout_kvm: int
     boot_test_budget_tcg: float  # seconds the whole boot test may take under TCG (harness.bench_boot)
@@ -80,6 +81,7 @@ ARCHES: dict[str, Arch] = {
         cpu_hotplug_qmp=True,
         cpu_hotplug_sysfs=True,
         acpi_dimm=True,
+        hotadd_fault_check=True,
         boot_timeout_tcg=60,
         boot_timeout_kvm=20,
         boot_test_budget_tcg=60.0,
@@ -113,6 +115,7 @@ ARCHES: dict[str, Arch] = {
         cpu_hotplug_qmp=False,
         cpu_hotplug_sysfs=True,
         acpi_dimm=False,
+        hotadd_fault_check=False,
         boot_timeout_tcg=150,
         boot_timeout_kvm=30,
         boot_test_budget_tcg=180.0,

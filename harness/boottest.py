@@ -21,7 +21,8 @@ from typing import Iterable
 
 from . import initramfs, proc, report
 from .arch import Arch
-from .checks import Check, Guest, boot, contract, cpu_hotplug, memory_hotplug, ptp, run_check, tools_in_guest
+from .checks import (Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, ptp, run_check,
+                     tools_in_guest)
 from .errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
 from .report import CheckResult, Timer
 from .vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
@@ -34,6 +35,7 @@ CHECKS: list[Check] = [
     *boot.CHECKS,
     *cpu_hotplug.CHECKS,
     *memory_hotplug.CHECKS,
+    *hotplug_faults.CHECKS,
     *ptp.CHECKS,
     *tools_in_guest.CHECKS,
     *contract.CHECKS,
@@ -86,7 +88,7 @@ def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
     if unknown:
         raise InvalidArgument(f"unknown check(s) {', '.join(sorted(unknown))} (known: {', '.join(CHECK_NAMES)})",
                               step="boot-test")
-    return [c for c in CHECKS if c.applies(arch) and (not wanted or c.name in wanted)]
+    return [c for c in CHECKS if c.applies(arch) and (c.name in wanted or not wanted and not c.opt_in)]
 
 
 def read_manifest(arch: Arch, out_dir: Path) -> dict:

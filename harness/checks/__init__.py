@@ -54,6 +54,7 @@ class Check:
     name: str
     func: Callable[[Guest, dict], None]
     applies: Callable[[Arch], bool] = lambda arch: True
+    opt_in: bool = False  # runs only when asked for by name (needs a special kernel variant)
     doc: str = ""
 
 

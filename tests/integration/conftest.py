@@ -53,7 +53,7 @@ def smoke_build() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def no_virtio_mem_build() -> dict[str, Path]:
+def negative_build() -> dict[str, Path]:
     """{arch: OUT dir} of the negative smoke kernel: no virtio-mem, no madvise (negative boot tests)."""
     return _LazyBuilds("negative")
 
@@ -67,3 +67,15 @@ def smoke_tools(smoke_build) -> dict[str, Path]:
     for arch in ARCHES:
         toolsimage.build_tools_image(get_arch(arch), smoke_build[arch], jobs=2)
     return {arch: smoke_build[arch] for arch in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def faults_build() -> dict[str, Path]:
+    """{arch: OUT dir} of the smoke kernel with page-allocation fault injection (and the series)."""
+    return _LazyBuilds("hotplug-faults")
+
+
+@pytest.fixture(scope="session")
+def faults_unpatched_build() -> dict[str, Path]:
+    """{arch: OUT dir} of the same kernel built without the patch series."""
+    return _LazyBuilds("hotplug-faults-unpatched")

@@ -53,10 +53,27 @@ def assert_full_run(arch, out: Path, expected_pass: set[str]) -> dict[str, dict]
     return checks
 
 
+CONTRACT_CHECKS = {"contract-probe", "contract-config", "contract-prjquota", "contract-ip-pnp", "contract-rtc",
+                   "contract-log-port", "contract-perf", "contract-powerdown"}
+
+
+def assert_contract(checks: dict[str, dict]) -> None:
+    probe = checks["contract-probe"]["evidence"]["probe"]
+    assert all(v.startswith("ok") for v in probe.values()), probe
+    assert "core." in probe["coredump"]
+    assert checks["contract-powerdown"]["evidence"]["shutdown_event"]["reason"] == "guest-shutdown"
+    assert checks["contract-powerdown"]["evidence"]["seconds_to_power_off"] < 30
+    assert int(checks["contract-rtc"]["evidence"]["guest_date"][:4]) >= 2024
+    assert checks["contract-ip-pnp"]["evidence"]["hostname"] == "neonvm-guest"
+    assert "tech.neon.log.0" in checks["contract-log-port"]["evidence"]["ports"].values()
+    assert list(checks)[-1] == "contract-powerdown"  # it ends the VM, so it runs last
+
+
 def test_boot_test_amd64(smoke_tools):
     out = smoke_tools["amd64"]
     checks = assert_full_run(AMD64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
-                                          "acpi-dimm", "ptp-kvm-builtin"})
+                                          "acpi-dimm", "ptp-kvm-builtin", *CONTRACT_CHECKS})
+    assert_contract(checks)
     qmp = checks["cpu-qmp"]
     if qmp["status"] == "skip":  # the 6.x guest under TCG: the skip carries the guest's own line
         assert qmp["evidence"]["accelerator"] == "tcg"
@@ -68,7 +85,9 @@ def test_boot_test_amd64(smoke_tools):
 def test_boot_test_arm64(smoke_tools):
     out = smoke_tools["arm64"]
     checks = assert_full_run(ARM64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
-                                          "ptp-kvm-builtin"})
+                                          "ptp-kvm-builtin", *CONTRACT_CHECKS})
+    assert_contract(checks)
+    assert checks["contract-rtc"]["evidence"]["rtc_name"] == "rtc-efi"
     assert "cpu-qmp" not in checks and "acpi-dimm" not in checks
 
 
@@ -105,15 +124,31 @@ def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
     assert "virtio-mem" in results["virtio-mem"].reason
 
 
-def test_our_kernel_built_without_virtio_mem_fails_the_check(no_virtio_mem_build, tmp_path):
+def test_our_kernel_built_without_virtio_mem_fails_the_check(negative_build, tmp_path):
     """The smoke kernel with CONFIG_VIRTIO_MEM off (variant negative): a failure, never a skip."""
-    out = no_virtio_mem_build["amd64"]
+    out = negative_build["amd64"]
     assert "CONFIG_VIRTIO_MEM=y" not in (out / "config").read_text()
     results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
                                                 results_dir=tmp_path, only=["kernelrelease", "virtio-mem"])}
     assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
     assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
     assert "no virtio-mem driver" in results["virtio-mem"].reason
+
+
+def test_our_kernel_built_without_madvise_fails_the_contract(negative_build, tmp_path):
+    """The same negative kernel has no ADVISE_SYSCALLS: the contract check names the capability and
+    the NeonVM component that needs it."""
+    out = negative_build["amd64"]
+    assert "CONFIG_ADVISE_SYSCALLS=y" not in (out / "config").read_text()
+    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
+                                                results_dir=tmp_path, only=["contract-probe", "contract-config"])}
+    probe = results["contract-probe"]
+    assert probe.status == "fail", probe.reason
+    assert "madvise" in probe.reason and "ENOSYS" in probe.reason
+    assert "capability 'madvise' (ADVISE_SYSCALLS=y)" in probe.reason and "allocators" in probe.reason
+    assert probe.evidence["probe"]["io_uring"].startswith("ok")  # only what is missing fails
+    assert results["contract-config"].status == "fail"
+    assert "CONFIG_ADVISE_SYSCALLS=n" in results["contract-config"].reason
 
 
 @pytest.mark.parametrize("how", ["kill", "qmp-quit"])

@@ -1,0 +1,42 @@
+"""The fault-injection check's pieces: the kallsyms range, the fail_page_alloc settings, opt-in selection."""
+from __future__ import annotations
+
+import pytest
+
+from harness import boottest
+from harness.arch import get_arch
+from harness.checks import hotplug_faults as hf
+from harness.errors import CheckFailed
+
+KALLSYMS = """ffffffff81071a30 T init_memory_mapping
+ffffffff81071c10 t free_init_pages
+"""
+
+
+def test_symbol_range_is_the_symbol_up_to_the_next_one():
+    assert hf.symbol_range(KALLSYMS, "init_memory_mapping") == (0xffffffff81071a30, 0xffffffff81071c10)
+
+
+@pytest.mark.parametrize("text", ["", "ffffffff81071a30 T init_memory_mapping\n",
+                                  "0000000000000000 T init_memory_mapping\n0000000000000000 t next\n",
+                                  "ffffffff81071c10 T init_memory_mapping\nffffffff81071a30 t x\n"])
+def test_symbol_range_refuses_what_it_cannot_size(text):
+    with pytest.raises(CheckFailed):
+        hf.symbol_range(text, "init_memory_mapping")
+
+
+def test_injection_is_armed_last_and_filtered_by_stack():
+    cmds = hf.injection_commands(0x1000, 0x1200, times=7)
+    assert cmds[0] == f"echo 0 > {hf.FAIL_DIR}/probability"
+    assert cmds[-1] == f"echo 100 > {hf.FAIL_DIR}/probability"
+    joined = "\n".join(cmds)
+    for expected in ("echo 0x1000 > ", "require-start", "echo 0x1200 > ", "require-end", "echo 7 > ",
+                     "echo N > /sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", "echo 0 > " + hf.FAIL_DIR + "/verbose"):
+        assert expected in joined
+
+
+def test_fault_check_runs_only_when_asked_for_and_only_where_the_series_applies():
+    amd64, arm64 = get_arch("amd64"), get_arch("arm64")
+    assert "hotplug-faults" not in [c.name for c in boottest.select_checks(amd64, None)]
+    assert [c.name for c in boottest.select_checks(amd64, ["hotplug-faults"])] == ["hotplug-faults"]
+    assert boottest.select_checks(arm64, ["hotplug-faults"]) == []
