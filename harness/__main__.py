@@ -83,7 +83,7 @@ def cmd_boot_test(args) -> int:
 
     arch = get_arch(args.arch)
     ok = boottest.boot_test(arch, _arch_out(args, arch, args.variant), dry_run=args.dry_run, accel=args.accel,
-                            require_tools=args.require_tools, only=args.only or None)
+                            require_tools=args.require_tools, only=args.only or None, soak=args.soak)
     return 0 if ok else 1
 
 
@@ -157,7 +157,9 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     bt.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     bt.add_argument("--require-tools", action="store_true", help="fail (not skip) when tools.img is missing")
-    bt.add_argument("--only", nargs="*", help="run only these checks")
+    bt.add_argument("--only", nargs="*", help="run only these checks (opt-in checks, e.g. hotplug-faults, run "
+                    "only when named here)")
+    bt.add_argument("--soak", type=int, default=1, help="repeat the memory-stress rounds N times (default 1)")
     bt.set_defaults(func=cmd_boot_test)
 
     r = sub.add_parser("release", help="build, verify and package every arch; exit non-zero on any failure")

@@ -21,8 +21,8 @@ from typing import Iterable
 
 from . import initramfs, proc, report
 from .arch import Arch
-from .checks import (Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, ptp, run_check,
-                     tools_in_guest)
+from .checks import (Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, memory_stress, ptp,
+                     run_check, tools_in_guest)
 from .errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
 from .report import CheckResult, Timer
 from .vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
@@ -35,6 +35,7 @@ CHECKS: list[Check] = [
     *boot.CHECKS,
     *cpu_hotplug.CHECKS,
     *memory_hotplug.CHECKS,
+    *memory_stress.CHECKS,
     *hotplug_faults.CHECKS,
     *ptp.CHECKS,
     *tools_in_guest.CHECKS,
@@ -109,19 +110,21 @@ def read_manifest(arch: Arch, out_dir: Path) -> dict:
 
 
 def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
-              require_tools: bool = False, only: list[str] | None = None) -> bool:
+              require_tools: bool = False, only: list[str] | None = None, soak: int = 1) -> bool:
     """Boot-test the kernel in OUT; write OUT/boot/results.{json,xml}; True when nothing failed."""
     out_dir = Path(out_dir)
+    memory_stress.rounds(soak)  # validates --soak before anything runs
     manifest = read_manifest(arch, out_dir) if not dry_run or (out_dir / "manifest.json").exists() else {}
     results = run(arch, kernel=out_dir / "vmlinuz", release=manifest.get("kernelrelease", "?"),
                   results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
-                  require_tools=require_tools, only=only, dry_run=dry_run,
+                  require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
                   meta={"variant": manifest.get("variant", ""), "version": manifest.get("version", "")})
     return all(r.ok for r in results)
 
 
 def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str | Accel = "auto",
         tools_img: Path | None = None, require_tools: bool = False, only: Iterable[str] | None = None,
+        options: dict | None = None,
         dry_run: bool = False, cmdline_extra: tuple[str, ...] = (), boot_timeout: float | None = None,
         init_text: str | None = None, tag: str = "boot", meta: dict | None = None,
         write_results: bool = True, stream=None) -> list[CheckResult]:
@@ -154,6 +157,8 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
             meta["kernel_cmdline"] = kernel_cmdline(spec)
             result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,
                                        tools_img=tools_img, require_tools=require_tools)
+            if guest is not None:
+                guest.options = dict(options or {})
             results.append(result)
             for check in checks:
                 if guest is None:

@@ -9,8 +9,21 @@ Every option whose value differs is grouped by its Kconfig menu and marked:
   Kconfig definition: derived, never chosen), or it does not exist in our tree / our arch at all;
 * ``unexplained``: everything else.
 
+An option that is off in ours inherits the explanation of a *parent* that is off in ours too: a
+symbol of its ``depends on`` (only the plain symbol names of the top-level ``&&`` conjunction: one of
+them off is enough to keep the option off; nothing else of the expression is evaluated), or the
+symbol of an ``if`` block (``menuconfig X`` + ``if X``) or of a ``menu``/``choice``'s ``depends on``
+that encloses it, in its own Kconfig file or around the ``source`` that reached it. A parent
+explains when an omission matches it, when it does not exist for this arch, or (recursively) through
+its own parents; an internal parent explains nothing by itself (whatever selects it would need the
+explanation). A symbol defined more than once inherits only through parents common to every
+definition. The chain is reported (``via``): ``CONFIG_SFC_MTD`` -> ``SFC`` (depends on) ->
+``NET_VENDOR_SOLARFLARE`` (if), a hardware omission.
+
 y against m is counted apart ("built-in vs module"): both mean enabled. The exit status is 1 when an
-option the reference enables and ours does not is unexplained (unless ``allow_unexplained``).
+option the reference enables and ours does not is unexplained (unless ``allow_unexplained``). Values that
+differ (numbers, strings) never fail, nor do the members of a Kconfig ``choice`` when both configs pick
+a member of it, different ones (``HZ_250`` against ``HZ_1000``: one setting, two values).
 
 The menu and prompt of each symbol come from a small Kconfig scanner (:func:`load_index`): every
 Kconfig file of the tree is scanned once (cached under ``cache_root()/kconfig-index/``), then the
@@ -44,6 +57,7 @@ CLASSES = (REQUESTED, OMITTED, HARDWARE, UNEXPLAINED)
 LABELS = {REQUESTED: "requested", OMITTED: "omitted on purpose", HARDWARE: "hardware/internal",
           UNEXPLAINED: "unexplained", Y_VS_M: "built-in vs module"}
 REF_ENABLES, OURS_ENABLES, VALUE, BUILTIN_MODULE = "reference-enables", "ours-enables", "value", "y-vs-m"
+CHOICE = "choice"  # members of one Kconfig choice: the two configs pick different members (a value)
 ENABLED = ("y", "m")
 NOT_IN_TREE, OTHER_ARCH, TOP_LEVEL = "(not in this tree)", "(not in this arch's Kconfig)", "(top level)"
 
@@ -51,7 +65,7 @@ NOT_IN_TREE, OTHER_ARCH, TOP_LEVEL = "(not in this tree)", "(not in this arch's 
 # ================================================================================================
 # Kconfig scanner
 # ================================================================================================
-SCAN_FORMAT = 1  # the shape of the cached per-file scan
+SCAN_FORMAT = 2  # the shape of the cached per-file scan
 _ENTRY = re.compile(r"^(menuconfig|config)\s+([A-Za-z0-9_]+)\s*(?:#.*)?$")
 _QUOTED = r"""(["'])((?:\\.|(?!\1).)*)\1"""
 _PROMPT = re.compile(r"^(?:bool|tristate|string|int|hex|prompt)\s+" + _QUOTED)
@@ -61,17 +75,78 @@ _IF = re.compile(r"^if\s+(.*?)\s*(?:#.*)?$")
 _HELP = re.compile(r"^(?:help|---help---)\s*(?:#.*)?$")
 _STATEMENT = re.compile(r"^(?:config|menuconfig|choice|endchoice|menu|endmenu|if|endif|source|comment|mainmenu)\b")
 _SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")
+_DEPENDS = re.compile(r"^depends\s+on\s+(.*)$")
+_CONSTANTS = frozenset({"y", "m", "n"})
+DEPENDS_ON, IF_BLOCK, MENU_DEPENDS = "depends on", "if", "menu depends on"  # how a parent encloses
+
+
+def _uncomment(expr: str) -> str:
+    """``expr`` without a trailing ``# comment`` (a '#' inside quotes is kept)."""
+    quote = None
+    for i, ch in enumerate(expr):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            return expr[:i]
+    return expr
+
+
+def conjuncts(expr: str) -> tuple[str, ...]:
+    """The plain symbols ANDed at the top level of a Kconfig expression: each one off makes the whole
+    expression false. ``A && (B && C) && !(D) && (E || F)`` -> (A, B, C); ``A || B`` -> ()."""
+    text = _uncomment(expr).strip()
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif depth == 0 and text.startswith("&&", i):
+            parts.append(text[start:i])
+            start = i + 2
+            i += 1
+        elif depth == 0 and text.startswith("||", i):
+            return ()  # a disjunction at the top: no single symbol is required
+        i += 1
+    parts.append(text[start:])
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if _SYMBOL.match(part):
+            if part not in _CONSTANTS and not part.isdigit():
+                out.append(part)
+        elif part.startswith("(") and part.endswith(")") and _balanced(part[1:-1]):
+            out.extend(conjuncts(part[1:-1]))
+    return tuple(dict.fromkeys(out))
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+Parent = tuple[str, str]  # (symbol, how it encloses: DEPENDS_ON | IF_BLOCK | MENU_DEPENDS)
 
 
 @dataclass(frozen=True)
 class Entry:
     """One ``config``/``menuconfig`` definition in one file; ``menu`` is the chain of menu titles
-    enclosing it inside that file."""
+    enclosing it inside that file; ``parents`` the plain symbols its ``depends on`` requires, then
+    those of the ``if`` blocks and menus enclosing it inside that file (innermost first)."""
 
     symbol: str
     line: int
     prompted: bool
     menu: tuple[str, ...]
+    parents: tuple[Parent, ...] = ()
+    choice: int = 0  # the line of the `choice` whose member it is (0: none)
 
 
 @dataclass(frozen=True)
@@ -79,6 +154,7 @@ class Sourced:
     path: str  # as written (relative to the tree root, may hold $(SRCARCH))
     line: int
     menu: tuple[str, ...]
+    parents: tuple[Parent, ...] = ()  # of the if blocks and menus enclosing the source statement
 
 
 @dataclass(frozen=True)
@@ -92,6 +168,8 @@ class _Frame:
     kind: str  # menu | if | choice
     title: str | None
     menuconfigs: dict[str, str] = field(default_factory=dict)  # menuconfig symbol -> its prompt, at this level
+    parents: list[Parent] = field(default_factory=list)  # the if condition's / the menu's depends on symbols
+    line: int = 0  # of a choice
 
 
 @dataclass
@@ -102,7 +180,10 @@ class _Open:
     line: int
     menuconfig: bool
     menu: tuple[str, ...]
+    blocks: tuple[Parent, ...]
+    choice: int = 0
     prompt: str | None = None
+    depends: list[str] = field(default_factory=list)
 
 
 def _indent(line: str) -> int:
@@ -125,15 +206,24 @@ class _Scanner:
         self.entries: list[Entry] = []
         self.sources: list[Sourced] = []
         self.open: _Open | None = None
+        self.attributed: _Frame | None = None  # a menu/choice whose own depends on may follow
 
     def chain(self) -> tuple[str, ...]:
         return tuple(f.title for f in self.frames if f.title)
+
+    def choice(self) -> int:
+        return next((f.line for f in reversed(self.frames) if f.kind == "choice"), 0)
+
+    def blocks(self) -> tuple[Parent, ...]:
+        return tuple(p for f in reversed(self.frames) for p in f.parents)
 
     def close_entry(self) -> None:
         e = self.open
         if e is None:
             return
-        self.entries.append(Entry(e.symbol, e.line, e.prompt is not None, e.menu))
+        parents = tuple((s, DEPENDS_ON) for s in dict.fromkeys(e.depends))
+        parents += tuple(b for b in e.blocks if b[0] not in e.depends)
+        self.entries.append(Entry(e.symbol, e.line, e.prompt is not None, e.menu, parents, e.choice))
         if e.menuconfig and e.prompt is not None:
             self.frames[-1].menuconfigs[e.symbol] = e.prompt
         self.open = None
@@ -149,24 +239,32 @@ class _Scanner:
             m = _PROMPT.match(text)
             if m and self.open is not None and self.open.prompt is None:
                 self.open.prompt = m[2]
+            elif m := _DEPENDS.match(text):
+                if self.open is not None:
+                    self.open.depends.extend(conjuncts(m[1]))
+                elif self.attributed is not None:
+                    self.attributed.parents.extend((s, MENU_DEPENDS) for s in conjuncts(m[1]))
             return
         self.close_entry()
+        self.attributed = None
         word = text.split(None, 1)[0]
         if m := _ENTRY.match(text):
-            self.open = _Open(m[2], no, m[1] == "menuconfig", self.chain())
+            self.open = _Open(m[2], no, m[1] == "menuconfig", self.chain(), self.blocks(), self.choice())
         elif m := _MENU.match(text):
             self.frames.append(_Frame("menu", m[2]))
+            self.attributed = self.frames[-1]
         elif word == "if":
             m = _IF.match(text)
             cond = m[1] if m else ""
             title = self.frames[-1].menuconfigs.get(cond) if _SYMBOL.match(cond) else None
-            self.frames.append(_Frame("if", title))
+            self.frames.append(_Frame("if", title, parents=[(s, IF_BLOCK) for s in conjuncts(cond)]))
         elif word == "choice":
-            self.frames.append(_Frame("choice", None))
+            self.frames.append(_Frame("choice", None, line=no))
+            self.attributed = self.frames[-1]
         elif word in ("endmenu", "endif", "endchoice"):
             self.pop(word[3:])
         elif m := _SOURCE.match(text):
-            self.sources.append(Sourced(m[2], no, self.chain()))
+            self.sources.append(Sourced(m[2], no, self.chain(), self.blocks()))
 
     def result(self) -> FileScan:
         self.close_entry()
@@ -212,6 +310,8 @@ class Symbol:
     definitions: tuple[str, ...]  # "path:line" of each definition reached for the arch
     prompted: bool  # some definition has a prompt: a user (or a fragment) chooses it
     menu: tuple[str, ...]
+    parents: tuple[Parent, ...] = ()  # required by every definition: depends on, then enclosing blocks
+    choice: str | None = None  # "path:line" of the `choice` it is a member of
 
 
 @dataclass(frozen=True)
@@ -226,6 +326,14 @@ class KconfigIndex:
     def defined_elsewhere(self, option: str) -> tuple[str, ...]:
         return self.elsewhere.get(option.removeprefix("CONFIG_"), ())
 
+    def choices(self) -> dict[str, tuple[str, ...]]:
+        """choice ("path:line") -> its member symbols."""
+        out: dict[str, list[str]] = {}
+        for sym in self.symbols.values():
+            if sym.choice:
+                out.setdefault(sym.choice, []).append(sym.name)
+        return {k: tuple(v) for k, v in out.items()}
+
 
 def _other_arch(path: str, srcarch: str) -> bool:
     parts = path.split("/")
@@ -235,10 +343,10 @@ def _other_arch(path: str, srcarch: str) -> bool:
 def build_index(scans: dict[str, FileScan], srcarch: str, top: str = "Kconfig") -> KconfigIndex:
     """Follow ``source`` from ``top`` for ``srcarch`` (other arches' directories skipped) and index
     every definition reached, with its full menu chain."""
-    defs: dict[str, list[tuple[str, Entry, tuple[str, ...]]]] = {}
+    defs: dict[str, list[tuple[str, Entry, tuple[str, ...], tuple[Parent, ...]]]] = {}
     visited: set[str] = set()
 
-    def visit(path: str, outer: tuple[str, ...]) -> None:
+    def visit(path: str, outer: tuple[str, ...], outer_parents: tuple[Parent, ...]) -> None:
         if path in visited or path not in scans or _other_arch(path, srcarch):
             if path not in scans and path not in visited:
                 LOG.debug("[%s] sourced Kconfig %s not in the tree", STEP, path)
@@ -249,25 +357,41 @@ def build_index(scans: dict[str, FileScan], srcarch: str, top: str = "Kconfig") 
         items += [(s.line, s) for s in scan.sources]
         for _, item in sorted(items, key=lambda t: t[0]):
             chain = outer + tuple(t.replace("$(SRCARCH)", srcarch) for t in item.menu)
+            parents = item.parents + outer_parents  # innermost first
             if isinstance(item, Entry):
-                defs.setdefault(item.symbol, []).append((path, item, chain))
+                defs.setdefault(item.symbol, []).append((path, item, chain, parents))
             elif "$(" in item.path.replace("$(SRCARCH)", ""):
                 LOG.debug("[%s] %s:%d: not following %s", STEP, path, item.line, item.path)
             else:
-                visit(item.path.replace("$(SRCARCH)", srcarch), chain)
+                visit(item.path.replace("$(SRCARCH)", srcarch), chain, parents)
 
-    visit(top, ())
+    visit(top, (), ())
     symbols = {}
     for name, found in defs.items():
         prompted = [f for f in found if f[1].prompted]
         chosen = (prompted or found)[0]
-        symbols[name] = Symbol(name, tuple(f"{p}:{e.line}" for p, e, _ in found), bool(prompted), chosen[2])
+        in_choice = next((f for f in found if f[1].choice), None)
+        symbols[name] = Symbol(name, tuple(f"{p}:{e.line}" for p, e, _, _ in found), bool(prompted), chosen[2],
+                               _common_parents(name, [f[3] for f in found]),
+                               f"{in_choice[0]}:{in_choice[1].choice}" if in_choice else None)
     elsewhere: dict[str, list[str]] = {}
     for path in sorted(set(scans) - visited):
         for e in scans[path].entries:
             if e.symbol not in symbols:
                 elsewhere.setdefault(e.symbol, []).append(f"{path}:{e.line}")
     return KconfigIndex(srcarch, symbols, {k: tuple(v) for k, v in elsewhere.items()})
+
+
+def _common_parents(name: str, per_definition: list[tuple[Parent, ...]]) -> tuple[Parent, ...]:
+    """The parents every definition requires (Kconfig ORs the definitions of one symbol), each once,
+    in the first definition's order; never the symbol itself."""
+    first: dict[str, str] = {}
+    for sym, how in per_definition[0]:
+        first.setdefault(sym, how)
+    common = set(first)
+    for parents in per_definition[1:]:
+        common &= {sym for sym, _ in parents}
+    return tuple((sym, how) for sym, how in first.items() if sym in common and sym != name)
 
 
 # -- the per-tree cache --------------------------------------------------------------------------
@@ -294,14 +418,17 @@ def _index_cache(tree: Path, files: list[tuple[str, int, int]]) -> Path:
 
 
 def _scans_to_json(scans: dict[str, FileScan]) -> dict:
-    return {path: {"entries": [[e.symbol, e.line, e.prompted, list(e.menu)] for e in s.entries],
-                   "sources": [[x.path, x.line, list(x.menu)] for x in s.sources]}
+    return {path: {"entries": [[e.symbol, e.line, e.prompted, list(e.menu), [list(p) for p in e.parents], e.choice]
+                               for e in s.entries],
+                   "sources": [[x.path, x.line, list(x.menu), [list(p) for p in x.parents]] for x in s.sources]}
             for path, s in scans.items()}
 
 
 def _scans_from_json(data: dict) -> dict[str, FileScan]:
-    return {path: FileScan(tuple(Entry(sym, line, prompted, tuple(menu)) for sym, line, prompted, menu in s["entries"]),
-                           tuple(Sourced(p, line, tuple(menu)) for p, line, menu in s["sources"]))
+    return {path: FileScan(tuple(Entry(sym, line, prompted, tuple(menu), tuple((a, b) for a, b in parents), choice)
+                                 for sym, line, prompted, menu, parents, choice in s["entries"]),
+                           tuple(Sourced(p, line, tuple(menu), tuple((a, b) for a, b in parents))
+                                 for p, line, menu, parents in s["sources"]))
             for path, s in data.items()}
 
 
@@ -372,6 +499,7 @@ class Difference:
     needed_by: str | None = None
     omission: str | None = None
     omission_kind: str | None = None
+    via: tuple[Parent, ...] = ()  # the inherited explanation: (parent option, how it encloses), root last
 
     @property
     def group(self) -> str:
@@ -382,7 +510,8 @@ class Difference:
                 "direction": self.direction, "class": self.cls, "reason": self.reason,
                 "menu": list(self.menu), "kconfig": list(self.kconfig), "request": self.request,
                 "capability": self.capability, "needed_by": self.needed_by, "omission": self.omission,
-                "omission_kind": self.omission_kind}
+                "omission_kind": self.omission_kind,
+                "via": [{"option": o, "relation": how} for o, how in self.via]}
 
 
 def prefix(option: str) -> str:
@@ -450,9 +579,73 @@ def _symbol_facts(option: str, index: KconfigIndex) -> tuple[tuple[str, ...], tu
     return (NOT_IN_TREE,), (), "not defined in this kernel tree"
 
 
+@dataclass(frozen=True)
+class Inherited:
+    """Why a parent is off in ours: ``chain`` from the child's first parent to the root, which an
+    omission matches (``omission``) or which this arch does not have (``reason`` only)."""
+
+    chain: tuple[Parent, ...]
+    cls: str  # OMITTED | HARDWARE
+    reason: str  # the root's
+    omission: contract_mod.Omission | None = None
+
+    def describe(self) -> str:
+        names = " -> ".join(o.removeprefix("CONFIG_") for o, _ in self.chain)
+        return f"via {names}: {self.reason}"
+
+
+def _rank(why: Inherited) -> tuple[int, bool]:
+    """The shortest chain first; at equal length an omission's reason before 'not in this arch'."""
+    return len(why.chain), why.omission is None
+
+
+class Inheritance:
+    """Explanations that options off in ``ours`` inherit from their parents (memoised per symbol)."""
+
+    def __init__(self, ours: dict[str, str], contract: contract_mod.Contract, index: KconfigIndex, arch: str):
+        self.ours, self.contract, self.index, self.arch = ours, contract, index, arch
+        self._memo: dict[str, Inherited | None] = {}
+
+    def off(self, sym: str) -> bool:
+        return normalise(self.ours.get(f"CONFIG_{sym}")) == "n"
+
+    def _root(self, sym: str) -> Inherited | None:
+        """``sym`` (off in ours) explained by itself: an omission, or absent from this arch."""
+        om = self.contract.omission(sym, self.arch)
+        if om is not None:
+            return Inherited((), HARDWARE if om.kind == "hardware" else OMITTED,
+                             f"{om.kind} omission '{om.name}': {om.reason}", om)
+        if self.index.lookup(sym) is None:
+            return Inherited((), HARDWARE, _symbol_facts(sym, self.index)[2] or "")
+        return None
+
+    def parent_of(self, sym: str) -> Inherited | None:
+        """The shortest chain explaining why ``sym``'s options are off: through the parents of its
+        Kconfig definition that are off in ours (None when none is explained)."""
+        sym = sym.removeprefix("CONFIG_")
+        if sym in self._memo:
+            return self._memo[sym]
+        self._memo[sym] = None  # Kconfig forbids dependency loops; this guards against a bad tree
+        found = self.index.lookup(sym)
+        best: Inherited | None = None
+        for parent, how in (found.parents if found else ()):
+            if not self.off(parent):
+                continue
+            why = self._root(parent) or self.parent_of(parent)
+            if why is None:
+                continue
+            cand = Inherited(((f"CONFIG_{parent}", how),) + why.chain, why.cls, why.reason, why.omission)
+            if best is None or _rank(cand) < _rank(best):
+                best = cand
+        self._memo[sym] = best
+        return best
+
+
 def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig.Request],
-             contract: contract_mod.Contract, index: KconfigIndex, arch: str) -> Difference:
-    way = direction(ours, reference)
+             contract: contract_mod.Contract, index: KconfigIndex, arch: str,
+             inheritance: Inheritance | None = None, picks: tuple[str, str] | None = None) -> Difference:
+    """``picks``: (ours, the reference's) member of the choice ``option`` belongs to, when both pick one."""
+    way = CHOICE if picks else direction(ours, reference)
     menu, where, symbol_reason = _symbol_facts(option, index)
     base = dict(option=option, ours=ours, reference=reference, direction=way, menu=menu, kconfig=where)
     cap = contract.requirement(option, arch)
@@ -468,13 +661,21 @@ def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig
         if cap is not None:
             why += f"; capability '{cap.name}', needed by {cap.needed_by}"
         return Difference(cls=REQUESTED, reason=why, **base)
-    om = contract.omission(option, arch) if way != OURS_ENABLES else None
+    om = contract.omission(option, arch) if way != OURS_ENABLES and not (way == CHOICE and ours != "n") else None
     if om is not None:
         cls = HARDWARE if om.kind == "hardware" else OMITTED
         return Difference(cls=cls, reason=f"{om.kind} omission '{om.name}': {om.reason}", omission=om.name,
                           omission_kind=om.kind, **base)
+    inherited = inheritance.parent_of(option) if inheritance is not None and ours == "n" else None
+    if inherited is not None:
+        om = inherited.omission
+        return Difference(cls=inherited.cls, reason=inherited.describe(), omission=om.name if om else None,
+                          omission_kind=om.kind if om else None, via=inherited.chain, **base)
     if symbol_reason is not None:
         return Difference(cls=HARDWARE, reason=symbol_reason, **base)
+    if picks:
+        return Difference(cls=UNEXPLAINED, reason=f"another member of a choice: ours picks {picks[0]}, the reference "
+                                                  f"{picks[1]} (a value; no fragment line, no omission)", **base)
     return Difference(cls=UNEXPLAINED, reason="no fragment line, no omission in the contract", **base)
 
 
@@ -482,10 +683,22 @@ def compare(ours: dict[str, str], reference: dict[str, str], requests: dict[str,
             contract: contract_mod.Contract, index: KconfigIndex, arch: str) -> Comparison:
     """Every option whose normalised value differs between ``ours`` and ``reference``, classified."""
     diffs = []
+    inheritance = Inheritance(ours, contract, index, arch)
+    members = index.choices()
+
+    def pick(config: dict[str, str], choice: str) -> str | None:
+        return next((f"CONFIG_{m}" for m in members[choice] if normalise(config.get(f"CONFIG_{m}")) == "y"), None)
+
     for option in sorted(set(ours) | set(reference)):
         o, r = normalise(ours.get(option)), normalise(reference.get(option))
         if o != r:
-            diffs.append(classify(option, o, r, requests, contract, index, arch))
+            sym = index.lookup(option)
+            picks = None
+            if sym is not None and sym.choice and {o, r} == {"y", "n"}:
+                p_ours, p_ref = pick(ours, sym.choice), pick(reference, sym.choice)
+                if p_ours and p_ref and p_ours != p_ref:
+                    picks = (p_ours, p_ref)
+            diffs.append(classify(option, o, r, requests, contract, index, arch, inheritance, picks))
     return Comparison(arch, tuple(diffs))
 
 
@@ -494,6 +707,7 @@ def compare(ours: dict[str, str], reference: dict[str, str], requests: dict[str,
 # ================================================================================================
 _ORDER = {UNEXPLAINED: 0, OMITTED: 1, REQUESTED: 2, HARDWARE: 3, Y_VS_M: 4}
 _ARROW = {REF_ENABLES: "reference enables", OURS_ENABLES: "ours enables", VALUE: "value differs",
+          CHOICE: "another choice",
           BUILTIN_MODULE: "y vs m"}
 
 

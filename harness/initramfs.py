@@ -32,6 +32,7 @@ FORMAT_VERSION = "2"  # bump when the layout of the archive changes
 READY_MARKER = "@@NEONVM-TEST-INIT-READY@@"
 POWER_MARKER = "@@NEONVM-POWER-BUTTON@@"
 PROBE_SOURCE = Path(__file__).resolve().parent / "probe" / "contract-probe.c"
+MEMHOG_SOURCE = PROBE_SOURCE.with_name("memhog.c")
 HOST_BUSYBOX = Path("/bin/busybox")  # from the busybox-static package (configs/host-packages.txt)
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -156,6 +157,7 @@ def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
     (root / "init").write_text(init_text)
     _compile(arch, PHC_READ_C, root / "bin" / "phc-read", log)
     _compile(arch, PROBE_SOURCE.read_text(), root / "bin" / "contract-probe", log)
+    _compile(arch, MEMHOG_SOURCE.read_text(), root / "bin" / "memhog", log)
     (root / "etc" / "acpi" / "PWRF" / "00000080").write_text(POWER_SCRIPT)
     try:
         os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))

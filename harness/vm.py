@@ -269,6 +269,13 @@ class Qmp:
         LOG.info("[%s] no QMP event %s within %.0fs", step, name, timeout)
         return None
 
+    def forget_pending(self, timeout: float = 0.2) -> int:
+        """Drop the events received so far (bounded wait for those in flight), so that a following
+        wait_event only matches what happens after this point. Returns how many were dropped."""
+        n = len(self.drain(timeout))
+        self._pending.clear()
+        return n
+
     def drain(self, timeout: float = 0.2) -> list[dict]:
         """Collect the events already sent (bounded), without consuming them."""
         deadline = time.monotonic() + timeout

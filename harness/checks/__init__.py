@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,7 @@ class Guest:
     boot_dmesg: str = ""
     data_disk: Path | None = None  # the runner-shaped Postgres data disk attached to the VM
     powered_off: bool = False  # set by the check that powers the guest off (it runs last)
+    options: dict = field(default_factory=dict)  # check parameters from the command line (e.g. soak)
 
     @property
     def console(self):

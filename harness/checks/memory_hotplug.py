@@ -59,6 +59,7 @@ def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: dict, *, m
 
 
 def _set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> None:
+    guest.qmp.forget_pending()  # an earlier resize may have passed through this size on its way
     guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": size})
     event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=30 * guest.console.scale, step=step,
                                  match=lambda d: d.get("id") == VIRTIO_MEM_ID and d.get("size") == size)

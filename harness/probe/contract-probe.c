@@ -7,13 +7,16 @@
  *
  * The harness (harness/checks/contract.py) maps each failed item to the capability of
  * configs/contract.toml it proves. `contract-probe all COREDIR` runs every item;
- * `contract-probe prjquota DEVICE` asks the kernel whether project quota is on for a filesystem.
+ * `contract-probe prjquota DEVICE DIR` sets a 1 MiB project quota on DIR (on DEVICE's mounted
+ * filesystem) and checks that writing past it fails with EDQUOT.
  * Built static for the guest's arch; exits 0 when every item passed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
+#include <linux/fs.h>
 #include <linux/io_uring.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/quota.h>
 #include <sys/resource.h>
@@ -242,24 +246,98 @@ static void probe_accounting(void)
 	probe_file("accounting", "/proc/self/schedstat", NULL);
 }
 
-static int probe_prjquota(const char *device)
+/*
+ * What the runner does to the Postgres data directory: a project ID inherited by everything below
+ * it, and a block limit for that project. Writing past the limit must fail with EDQUOT.
+ */
+static int probe_prjquota(const char *device, const char *dir)
 {
 	struct if_dqinfo info;
+	struct if_dqblk limit;
+	struct fsxattr fsx;
+	char path[512], buf[65536];
+	int fd, err = 0;
+	unsigned int id = 4242;
+	long written = 0;
 
 	if (quotactl(QCMD(Q_GETINFO, PRJQUOTA), device, 0, (caddr_t)&info))
-		fail("prjquota", errno, "quotactl(Q_GETINFO, PRJQUOTA)");
-	else
-		ok("prjquota", "project quota is on");
-	return failures ? 1 : 0;
+		return fail("prjquota", errno, "quotactl(Q_GETINFO, PRJQUOTA): project quota is not on"), 1;
+	mkdir(dir, 0755);
+	fd = open(dir, O_RDONLY | O_DIRECTORY);
+	if (fd < 0 || ioctl(fd, FS_IOC_FSGETXATTR, &fsx))
+		return fail("prjquota", errno, "FS_IOC_FSGETXATTR on the data directory"), 1;
+	fsx.fsx_projid = id;
+	fsx.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+	if (ioctl(fd, FS_IOC_FSSETXATTR, &fsx))
+		return fail("prjquota", errno, "FS_IOC_FSSETXATTR (project ID) on the data directory"), 1;
+	close(fd);
+	memset(&limit, 0, sizeof(limit));
+	limit.dqb_bhardlimit = 1024; /* 1024 KiB */
+	limit.dqb_bsoftlimit = 1024;
+	limit.dqb_valid = QIF_BLIMITS;
+	if (quotactl(QCMD(Q_SETQUOTA, PRJQUOTA), device, id, (caddr_t)&limit))
+		return fail("prjquota", errno, "quotactl(Q_SETQUOTA) of a 1 MiB project limit"), 1;
+	/* Quota limits do not apply to CAP_SYS_RESOURCE: write as an unprivileged user, as Postgres does. */
+	chmod(dir, 0777);
+	snprintf(path, sizeof(path), "%s/fill", dir);
+	{
+		int pipefd[2];
+		struct { long written; int err; } res = { 0, 0 };
+		pid_t pid;
+
+		if (pipe(pipefd))
+			return fail("prjquota", errno, "pipe"), 1;
+		pid = fork();
+		if (pid < 0)
+			return fail("prjquota", errno, "fork"), 1;
+		if (pid == 0) {
+			close(pipefd[0]);
+			if (setgroups(0, NULL) || setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534)) {
+				res.err = errno;
+			} else if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+				res.err = errno;
+			} else {
+				memset(buf, 'x', sizeof(buf));
+				while (res.written < 4L << 20) {
+					ssize_t n = write(fd, buf, sizeof(buf));
+					if (n < 0 || fsync(fd)) {
+						res.err = errno;
+						break;
+					}
+					res.written += n;
+				}
+				close(fd);
+			}
+			if (write(pipefd[1], &res, sizeof(res)) != sizeof(res))
+				_exit(3);
+			_exit(0);
+		}
+		close(pipefd[1]);
+		if (read(pipefd[0], &res, sizeof(res)) != sizeof(res))
+			return fail("prjquota", errno, "no result from the unprivileged writer"), 1;
+		close(pipefd[0]);
+		waitpid(pid, NULL, 0);
+		written = res.written;
+		err = res.err;
+	}
+	unlink(path);
+	if (err != EDQUOT) {
+		snprintf(path, sizeof(path), "wrote %ld bytes past a 1 MiB project quota (stopped by %s)", written,
+			 err ? strerrorname_np(err) : "nothing");
+		return fail("prjquota", err, path), 1;
+	}
+	snprintf(path, sizeof(path), "project quota on; EDQUOT after %ld bytes under a 1 MiB limit", written);
+	ok("prjquota", path);
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 3 && !strcmp(argv[1], "prjquota"))
-		return probe_prjquota(argv[2]);
+	if (argc == 4 && !strcmp(argv[1], "prjquota"))
+		return probe_prjquota(argv[2], argv[3]);
 	if (argc != 3 || strcmp(argv[1], "all")) {
-		fprintf(stderr, "usage: contract-probe all COREDIR | contract-probe prjquota DEVICE\n");
+		fprintf(stderr, "usage: contract-probe all COREDIR | contract-probe prjquota DEVICE DIR\n");
 		return 2;
 	}
 	probe_madvise();

@@ -47,6 +47,7 @@ def compared(tmp_path_factory) -> dict:
     return {"data": data, "stdout": proc.stdout, "cmd": cmd, "contract": contract.load(contract_path),
             "by": {d["option"]: d for d in data["differences"]}, "ref": ref,
             "requests": kconfig.get_variant("production").requests(AMD64),
+            "ours": kconfig.parse_config_text(Path(data["ours"]).read_text()),
             "index": cc.load_index(Path(data["tree"]), AMD64.srcarch)}
 
 
@@ -76,12 +77,34 @@ def test_every_class_agrees_with_the_fragments_and_the_contract(compared):
         elif om is not None and d["direction"] != "ours-enables":
             assert (d["class"], d["omission"]) == ("omitted" if om.kind == "policy" else "hardware", om.name), d
             policy += om.kind == "policy"
+        elif d["via"]:
+            _check_chain(d, con, index, compared["ours"])
+            policy += d["class"] == "omitted"
         elif d["class"] == "unexplained":
             sym = index.lookup(opt)
             assert sym is not None and sym.prompted, d  # a real choice, nobody explains
         else:
             assert d["class"] == "hardware" and (index.lookup(opt) is None or not index.lookup(opt).prompted), d
     assert (compared["data"]["counts"]["omitted"] > 0) == (policy > 0)
+
+
+def _check_chain(d: dict, con: contract.Contract, index: cc.KconfigIndex, ours: dict[str, str]) -> None:
+    """An inherited explanation: each link a parent (depends on / enclosing block) of the one before,
+    off in ours; the root matched by the omission named, or absent from this arch."""
+    assert d["ours"] == "n" and d["direction"] != "ours-enables", d
+    child = d["option"]
+    for link in d["via"]:
+        parents = dict(index.lookup(child).parents)
+        sym = link["option"].removeprefix("CONFIG_")
+        assert parents.get(sym) == link["relation"], (d, child, parents)
+        assert cc.normalise(ours.get(link["option"])) == "n", (d, link)
+        child = link["option"]
+    root = con.omission(child, "amd64")
+    if d["omission"] is not None:
+        assert root is not None and root.name == d["omission"], d
+        assert d["class"] == ("omitted" if root.kind == "policy" else "hardware"), d
+    else:
+        assert root is None and index.lookup(child) is None and d["class"] == "hardware", d
 
 
 def test_the_exit_status_follows_the_unexplained_options_the_reference_enables(compared):

@@ -31,18 +31,41 @@ EXPECTED_AMD64 = {
     "CONFIG_CC_VERSION_TEXT": (cc.HARDWARE, cc.VALUE),  # internal (no prompt)
     "CONFIG_E1000E": (cc.REQUESTED, cc.REF_ENABLES),  # '# CONFIG_E1000E is not set' in a fragment
     "CONFIG_EXPERT": (cc.UNEXPLAINED, cc.REF_ENABLES),
+    "CONFIG_EXPERT_ONLY": (cc.UNEXPLAINED, cc.REF_ENABLES),  # depends on EXPERT, which nothing explains
     "CONFIG_FAKE_IN_HELP": (cc.HARDWARE, cc.REF_ENABLES),  # only in a help text: not a symbol
     "CONFIG_FS_MBCACHE": (cc.HARDWARE, cc.REF_ENABLES),  # internal
     "CONFIG_IXGBE": (cc.HARDWARE, cc.REF_ENABLES),  # hardware omission
     "CONFIG_LOCALVERSION": (cc.REQUESTED, cc.VALUE),  # "" in the reference means unset
+    "CONFIG_MBCACHE_STATS": (cc.UNEXPLAINED, cc.REF_ENABLES),  # an internal parent explains nothing
+    "CONFIG_NETFILTER": (cc.OMITTED, cc.REF_ENABLES),
+    "CONFIG_NET_ACT_CT": (cc.OMITTED, cc.REF_ENABLES),  # via NF_CONNTRACK -> NETFILTER
+    "CONFIG_NET_DIAG_OR": (cc.UNEXPLAINED, cc.REF_ENABLES),  # depends on NETFILTER || ...: no inheritance
+    "CONFIG_NET_VENDOR_SOLARFLARE": (cc.HARDWARE, cc.REF_ENABLES),
+    "CONFIG_NF_CONNTRACK": (cc.OMITTED, cc.REF_ENABLES),  # via NETFILTER (menu depends on, if block)
+    "CONFIG_NF_CONNTRACK_ZONES": (cc.OMITTED, cc.REF_ENABLES),
     "CONFIG_NFS_FS": (cc.Y_VS_M, cc.BUILTIN_MODULE),
     "CONFIG_OLD_REMOVED_DRIVER": (cc.HARDWARE, cc.REF_ENABLES),  # not in the tree
     "CONFIG_ORPHAN_DRIVER": (cc.HARDWARE, cc.REF_ENABLES),  # in a Kconfig nobody sources
+    "CONFIG_SFC": (cc.HARDWARE, cc.REF_ENABLES),  # in `if NET_VENDOR_SOLARFLARE`, a hardware omission
+    "CONFIG_SFC_MTD": (cc.HARDWARE, cc.REF_ENABLES),
     "CONFIG_TUN": (cc.UNEXPLAINED, cc.REF_ENABLES),
     "CONFIG_VIRTIO_BLK": (cc.REQUESTED, cc.OURS_ENABLES),
     "CONFIG_VIRTIO_NET": (cc.Y_VS_M, cc.BUILTIN_MODULE),
     "CONFIG_WIREGUARD": (cc.OMITTED, cc.REF_ENABLES),
 }
+
+
+FAILING = ["CONFIG_EXPERT", "CONFIG_EXPERT_ONLY", "CONFIG_MBCACHE_STATS", "CONFIG_NET_DIAG_OR", "CONFIG_TUN"]
+SUMMARY = ("summary: amd64: 28 option(s) differ: 3 requested, 7 omitted on purpose, 10 hardware/internal, "
+           "6 unexplained (5 enabled by the reference); 2 built-in vs module")
+
+
+def _explained_reference(tmp_path) -> Path:
+    """The reference without the options nothing explains."""
+    ref = tmp_path / "ref.config"
+    ref.write_text("".join(line for line in REFERENCE.read_text().splitlines(keepends=True)
+                           if line.split("=")[0] not in FAILING))
+    return ref
 
 
 @pytest.fixture
@@ -143,6 +166,82 @@ def test_scan_text_help_ends_at_a_smaller_indent():
     assert [(e.symbol, e.prompted) for e in scan.entries] == [("A", True), ("B", False), ("C", True)]
 
 
+@pytest.mark.parametrize("expr, symbols", [
+    ("A", ("A",)),
+    ("A && B", ("A", "B")),
+    ("A&&B # a comment with && C", ("A", "B")),
+    ("SFC && MTD && !(SFC=y && MTD=m)", ("SFC", "MTD")),
+    ("A && (B && C) && (D || E) && !F", ("A", "B", "C")),
+    ("((A && B))", ("A", "B")),
+    ("A || B", ()),  # a disjunction at the top: no single symbol is required
+    ("A && B || C", ()),
+    ("X86 || COMPILE_TEST", ()),
+    ("A=y && B != n && m && 64BIT", ("64BIT",)),  # comparisons and constants are not plain symbols
+    ("!A", ()),
+    ('"$(ARCH)" = "x86" && A', ("A",)),
+    ("A && A", ("A",)),
+    ("", ()),
+])
+def test_conjuncts_takes_the_plain_symbols_anded_at_the_top(expr, symbols):
+    assert cc.conjuncts(expr) == symbols
+
+
+def test_scan_text_records_parents_from_depends_if_blocks_and_menus():
+    scan = cc.scan_text(textwrap.dedent('''\
+        menuconfig OUTER
+        \tbool "Outer"
+        if OUTER && !BROKEN
+        config A
+        \tbool "A"
+        \tdepends on B && (C || D)
+        \tdepends on E # and a comment
+        \thelp
+        \t  depends on NOT_IN_HELP
+        menu "Menu"
+        \tdepends on M1 && M2
+        \tvisible if V
+        config IN_MENU
+        \ttristate "in menu"
+        \tdepends on OUTER
+        endmenu
+        choice
+        \tprompt "Choice"
+        \tdepends on CH
+        config CHOSEN
+        \tbool "chosen"
+        endchoice
+        source "sub/Kconfig"
+        endif # OUTER
+        config AFTER
+        \tbool "after"
+        \tdepends on A || B
+        '''))
+    assert {e.symbol: e.parents for e in scan.entries} == {
+        "OUTER": (),
+        "A": (("B", cc.DEPENDS_ON), ("E", cc.DEPENDS_ON), ("OUTER", cc.IF_BLOCK)),
+        "IN_MENU": (("OUTER", cc.DEPENDS_ON), ("M1", cc.MENU_DEPENDS), ("M2", cc.MENU_DEPENDS)),
+        "CHOSEN": (("CH", cc.MENU_DEPENDS), ("OUTER", cc.IF_BLOCK)),
+        "AFTER": (),
+    }
+    assert [(x.path, x.parents) for x in scan.sources] == [("sub/Kconfig", (("OUTER", cc.IF_BLOCK),))]
+
+
+def test_index_carries_parents_across_source_and_keeps_only_those_every_definition_has():
+    x86 = cc.load_index(TREE, "x86")
+    # the if block and the menu around net/netfilter/Kconfig reach its symbols through `source`
+    assert x86.lookup("NF_CONNTRACK").parents == (("NETFILTER", cc.MENU_DEPENDS), ("NET", cc.IF_BLOCK))
+    assert x86.lookup("NF_CONNTRACK").menu == ("Networking support", "Network packet filtering framework "
+                                               "(Netfilter)", "Core Netfilter Configuration")
+    assert x86.lookup("SFC_MTD").parents == (("SFC", cc.DEPENDS_ON), ("NET_VENDOR_SOLARFLARE", cc.IF_BLOCK),
+                                             ("NETDEVICES", cc.IF_BLOCK))
+    assert x86.lookup("NET_DIAG_OR").parents == (("NET", cc.IF_BLOCK),)
+    scans = {"Kconfig": cc.scan_text('source "a/Kconfig"\nsource "b/Kconfig"\n'),
+             "a/Kconfig": cc.scan_text("if P\nconfig TWICE\n\tbool \"a\"\n\tdepends on Q && R\nendif\n"),
+             "b/Kconfig": cc.scan_text("config TWICE\n\tbool\n\tdepends on R && TWICE_HELPER\n")}
+    # Kconfig ORs the definitions: only R is required by both
+    assert cc.build_index(scans, "x86").lookup("TWICE").parents == (("R", cc.DEPENDS_ON),)
+
+
 def test_index_follows_sources_for_each_arch():
     x86 = cc.load_index(TREE, "x86")
     assert x86.lookup("CONFIG_KVM_GUEST") == cc.Symbol("KVM_GUEST", ("arch/x86/Kconfig:12",), True,
@@ -193,8 +292,8 @@ def test_normalise():
 def test_every_difference_is_classified(fake_configs):
     result = _compare()
     assert {d.option: (d.cls, d.direction) for d in result.differences} == EXPECTED_AMD64
-    assert result.counts() == {cc.REQUESTED: 3, cc.OMITTED: 3, cc.HARDWARE: 7, cc.UNEXPLAINED: 3, cc.Y_VS_M: 2}
-    assert [d.option for d in result.failing()] == ["CONFIG_EXPERT", "CONFIG_TUN"]
+    assert result.counts() == {cc.REQUESTED: 3, cc.OMITTED: 7, cc.HARDWARE: 10, cc.UNEXPLAINED: 6, cc.Y_VS_M: 2}
+    assert [d.option for d in result.failing()] == FAILING
 
 
 def test_requested_names_the_fragment_line_and_the_capability(fake_configs):
@@ -243,11 +342,118 @@ def test_arm64_uses_its_own_requests_arch_and_capabilities(fake_configs):
     assert d["CONFIG_VIRTIO_BLK"].capability == "root-disk"
 
 
+# -- inherited explanations ------------------------------------------------------------------------
+def _contract_with(extra: str) -> contract.Contract:
+    return contract.parse(CONTRACT.read_text() + extra, CONTRACT)
+
+
+def _compare_with(contr: contract.Contract, arch: str = "amd64", ours_extra: dict | None = None) -> cc.Comparison:
+    a = get_arch(arch)
+    ours = kconfig.parse_config_text(kconfig.committed_config_path(a, "6.12.117").read_text())
+    ours.update(ours_extra or {})
+    ref = kconfig.parse_config_text(REFERENCE.read_text())
+    return cc.compare(ours, ref, kconfig.get_variant("production").requests(a), contr,
+                      cc.load_index(TREE, a.srcarch), a.name)
+
+
+def test_an_option_inherits_the_omission_of_its_enclosing_block(fake_configs):
+    d = _by_option(_compare())
+    sfc = d["CONFIG_SFC"]
+    assert (sfc.cls, sfc.omission, sfc.omission_kind) == (cc.HARDWARE, "physical-nics", "hardware")
+    assert sfc.via == (("CONFIG_NET_VENDOR_SOLARFLARE", cc.IF_BLOCK),)
+    assert sfc.reason == ("via NET_VENDOR_SOLARFLARE: hardware omission 'physical-nics': a NeonVM guest has "
+                          "only virtio-net")
+    # through the if block around `source "net/netfilter/Kconfig"` and the menu's own depends on
+    nf = d["CONFIG_NF_CONNTRACK"]
+    assert (nf.cls, nf.omission, nf.via) == (cc.OMITTED, "guest-netfilter", (("CONFIG_NETFILTER", cc.MENU_DEPENDS),))
+    assert nf.menu == ("Networking support", "Network packet filtering framework (Netfilter)",
+                       "Core Netfilter Configuration")
+    # two links: NET_ACT_CT depends on NF_CONNTRACK, which NETFILTER encloses
+    act = d["CONFIG_NET_ACT_CT"]
+    assert act.via == (("CONFIG_NF_CONNTRACK", cc.DEPENDS_ON), ("CONFIG_NETFILTER", cc.MENU_DEPENDS))
+    assert act.reason.startswith("via NF_CONNTRACK -> NETFILTER: policy omission 'guest-netfilter'")
+    line = next(x for x in cc.render(_compare()).splitlines() if "CONFIG_NET_ACT_CT" in x)
+    assert "omitted on purpose" in line and "via NF_CONNTRACK -> NETFILTER: policy omission" in line
+
+
+def test_the_shortest_chain_wins(fake_configs):
+    """SFC_MTD depends on SFC (explained through NET_VENDOR_SOLARFLARE) and sits in that if block itself."""
+    assert _by_option(_compare())["CONFIG_SFC_MTD"].via == (("CONFIG_NET_VENDOR_SOLARFLARE", cc.IF_BLOCK),)
+
+
+def test_no_inheritance_from_a_disjunction_an_internal_parent_or_an_unexplained_parent(fake_configs):
+    d = _by_option(_compare())
+    for opt in ("CONFIG_NET_DIAG_OR", "CONFIG_MBCACHE_STATS", "CONFIG_EXPERT_ONLY"):
+        assert (d[opt].cls, d[opt].via, d[opt].omission) == (cc.UNEXPLAINED, (), None), opt
+    # once its parent is explained, the child is too
+    d = _by_option(_compare_with(_contract_with(
+        '\n[[omission]]\nname = "no-expert"\nreason = "defaults only"\noptions = ["EXPERT"]\n')))
+    assert (d["CONFIG_EXPERT_ONLY"].cls, d["CONFIG_EXPERT_ONLY"].via) == (
+        cc.OMITTED, (("CONFIG_EXPERT", cc.DEPENDS_ON),))
+
+
+def test_a_parent_on_in_ours_explains_nothing(fake_configs):
+    """TUN sits in `if NETDEVICES`; an omission matching NETDEVICES (on in ours) must not explain it."""
+    d = _by_option(_compare_with(_contract_with(
+        '\n[[omission]]\nname = "wrong"\nkind = "hardware"\nreason = "r"\noptions = ["NETDEVICES", "NET"]\n')))
+    assert (d["CONFIG_TUN"].cls, d["CONFIG_TUN"].via) == (cc.UNEXPLAINED, ())
+    assert "CONFIG_NETDEVICES" not in d
+
+
+def test_inheritance_explains_only_options_off_in_ours(fake_configs):
+    contr = contract.parse(CONTRACT.read_text(), CONTRACT)
+    index = cc.load_index(TREE, "x86")
+    inheritance = cc.Inheritance({"CONFIG_NETFILTER": "n"}, contr, index, "amd64")
+    ours_on = cc.classify("CONFIG_NF_CONNTRACK_ZONES", "y", "n", {}, contr, index, "amd64", inheritance)
+    assert (ours_on.cls, ours_on.direction, ours_on.via) == (cc.UNEXPLAINED, cc.OURS_ENABLES, ())
+    value = cc.classify("CONFIG_NF_CONNTRACK_ZONES", "n", "16", {}, contr, index, "amd64", inheritance)
+    assert (value.cls, value.direction, value.via) == (cc.OMITTED, cc.VALUE, (("CONFIG_NETFILTER", cc.MENU_DEPENDS),))
+    d = _by_option(_compare_with(contract.parse(CONTRACT.read_text(), CONTRACT),
+                                 ours_extra={"CONFIG_NETFILTER": "y"}))
+    # NETFILTER on in ours: the omission no longer explains what it encloses
+    assert "CONFIG_NETFILTER" not in d  # y in both
+    assert (d["CONFIG_NF_CONNTRACK"].cls, d["CONFIG_NF_CONNTRACK"].via) == (cc.UNEXPLAINED, ())
+
+
+def test_a_parent_this_arch_does_not_have_explains_as_hardware(fake_configs):
+    d = _by_option(_compare("arm64"))
+    x = d["CONFIG_X86_ONLY_BLK"]
+    assert (x.cls, x.via, x.omission) == (cc.HARDWARE, (("CONFIG_X86_64", cc.DEPENDS_ON),), None)
+    assert x.reason == "via X86_64: not in arm64's Kconfig: defined only in arch/x86/Kconfig:6"
+    assert "CONFIG_X86_ONLY_BLK" not in _by_option(_compare())  # m in both on amd64
+
+
+def test_members_of_one_choice_picked_differently_are_a_value_not_a_failure(fake_configs):
+    a = get_arch("amd64")
+    ours = kconfig.parse_config_text(kconfig.committed_config_path(a, "6.12.117").read_text())
+    ref = kconfig.parse_config_text(REFERENCE.read_text())
+    ref.update({"CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE": "n", "CONFIG_CC_OPTIMIZE_FOR_SIZE": "y"})
+    index = cc.load_index(TREE, "x86")
+    assert index.lookup("CC_OPTIMIZE_FOR_SIZE").choice == index.lookup("CC_OPTIMIZE_FOR_PERFORMANCE").choice \
+        == "init/Kconfig:33"
+    assert index.lookup("EXPERT").choice is None
+    result = cc.compare(ours, ref, {}, contract.parse(CONTRACT.read_text(), CONTRACT), index, "amd64")
+    d = _by_option(result)
+    size, perf = d["CONFIG_CC_OPTIMIZE_FOR_SIZE"], d["CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE"]
+    assert (size.direction, size.cls, perf.direction, perf.cls) == (cc.CHOICE, cc.UNEXPLAINED, cc.CHOICE, cc.UNEXPLAINED)
+    assert size.reason == ("another member of a choice: ours picks CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE, the "
+                           "reference CONFIG_CC_OPTIMIZE_FOR_SIZE (a value; no fragment line, no omission)")
+    assert "CONFIG_CC_OPTIMIZE_FOR_SIZE" not in [x.option for x in result.failing()]
+    # a choice ours does not pick at all (arm64's fixture config has no member set) stays a failure
+    arm = _by_option(_compare("arm64"))["CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE"]
+    assert (arm.direction, arm.cls) == (cc.REF_ENABLES, cc.UNEXPLAINED)
+    # an omission explains the member the reference picks, never the one ours picks
+    contr = _contract_with('\n[[omission]]\nname = "no-os"\nreason = "r"\noptions = ["CC_OPTIMIZE_FOR_*"]\n')
+    d = _by_option(cc.compare(ours, ref, {}, contr, index, "amd64"))
+    assert (d["CONFIG_CC_OPTIMIZE_FOR_SIZE"].cls, d["CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE"].cls) == (
+        cc.OMITTED, cc.UNEXPLAINED)
+
+
 # -- the report -----------------------------------------------------------------------------------------
 def test_render_groups_by_menu(fake_configs):
     text = cc.render(_compare())
     assert "== Device Drivers > Network device support (1 requested, 1 omitted on purpose, " \
-           "1 hardware/internal, 1 unexplained)" in text.splitlines()
+           "4 hardware/internal, 1 unexplained)" in text.splitlines()
     groups: dict[str, list[str]] = {}
     current = ""
     for line in text.splitlines():
@@ -258,23 +464,29 @@ def test_render_groups_by_menu(fake_configs):
             if words:
                 groups.setdefault(current, []).append(words[0])
     assert groups["Device Drivers > Network device support"] == [
-        "CONFIG_TUN", "CONFIG_WIREGUARD", "CONFIG_E1000E", "CONFIG_IXGBE"]  # unexplained first
+        "CONFIG_TUN", "CONFIG_WIREGUARD", "CONFIG_E1000E", "CONFIG_IXGBE", "CONFIG_NET_VENDOR_SOLARFLARE",
+        "CONFIG_SFC", "CONFIG_SFC_MTD"]  # unexplained first
     assert groups["Device Drivers > Block devices"] == ["CONFIG_BLK_DEV_LOOP", "CONFIG_VIRTIO_BLK"]
-    assert groups["File systems"] == ["CONFIG_BTRFS_FS", "CONFIG_BTRFS_FS_POSIX_ACL", "CONFIG_FS_MBCACHE"]
-    assert groups["General setup"] == ["CONFIG_EXPERT", "CONFIG_LOCALVERSION", "CONFIG_CC_VERSION_TEXT"]
+    assert groups["File systems"] == ["CONFIG_MBCACHE_STATS", "CONFIG_BTRFS_FS", "CONFIG_BTRFS_FS_POSIX_ACL",
+                                      "CONFIG_FS_MBCACHE"]
+    assert groups["General setup"] == ["CONFIG_EXPERT", "CONFIG_EXPERT_ONLY", "CONFIG_LOCALVERSION",
+                                       "CONFIG_CC_VERSION_TEXT"]
+    assert groups["Networking support"] == ["CONFIG_NET_DIAG_OR", "CONFIG_NETFILTER", "CONFIG_NET_ACT_CT"]
+    assert groups["Networking support > Network packet filtering framework (Netfilter) > "
+                  "Core Netfilter Configuration"] == ["CONFIG_NF_CONNTRACK", "CONFIG_NF_CONNTRACK_ZONES"]
     assert groups["(not in this arch's Kconfig)"] == ["CONFIG_ARM64_SVE", "CONFIG_ORPHAN_DRIVER"]
     assert groups["(not in this tree)"] == ["CONFIG_FAKE_IN_HELP", "CONFIG_OLD_REMOVED_DRIVER"]
     assert groups["built-in vs module"] == ["CONFIG_NFS_FS", "CONFIG_VIRTIO_NET"]
-    assert text.splitlines()[-1] == ("summary: amd64: 18 option(s) differ: 3 requested, 3 omitted on purpose, "
-                                     "7 hardware/internal, 3 unexplained (2 enabled by the reference); "
-                                     "2 built-in vs module")
+    assert text.splitlines()[-1] == SUMMARY
 
 
 def test_render_depth_and_prefixes(fake_configs):
     result = _compare()
     text = cc.render(result, depth=1)
-    assert "== Device Drivers (2 requested, 1 omitted on purpose, 1 hardware/internal, 2 unexplained)" in text
-    assert result.unexplained_prefixes() == [("EXPERT", 1, [("General setup", 1)]),
+    assert "== Device Drivers (2 requested, 1 omitted on purpose, 4 hardware/internal, 2 unexplained)" in text
+    assert result.unexplained_prefixes() == [("EXPERT_", 2, [("General setup", 2)]),
+                                             ("MBCACHE_", 1, [("File systems", 1)]),
+                                             ("NET_", 1, [("Networking support", 1)]),
                                              ("TUN", 1, [("Device Drivers > Network device support", 1)])]
 
 
@@ -291,28 +503,25 @@ def test_cli_fails_on_unexplained_options_the_reference_enables(fake_configs, ca
     assert rc == 1, err
     assert out.splitlines()[0] == f"compare-config amd64: ours {CONFIGS}/linux-config-amd64-6.12.117 vs " \
                                   f"reference {REFERENCE}"
-    assert "summary: amd64: 18 option(s) differ: 3 requested, 3 omitted on purpose, 7 hardware/internal, " \
-           "3 unexplained (2 enabled by the reference); 2 built-in vs module" in out
-    assert out.splitlines()[-1].startswith("FAIL: 2 option(s) the reference enables are unexplained")
+    assert SUMMARY in out
+    assert out.splitlines()[-1].startswith("FAIL: 5 option(s) the reference enables are unexplained")
 
 
 def test_cli_allow_unexplained_exits_0(fake_configs, capsys):
     rc, out, err = _cli(capsys, *_args("--allow-unexplained"))
     assert (rc, err) == (0, "")
-    assert out.splitlines()[-1].startswith("allowed: 2 option(s)")
+    assert out.splitlines()[-1].startswith("allowed: 5 option(s)")
 
 
 def test_cli_exits_0_when_everything_is_explained(fake_configs, tmp_path, capsys):
-    ref = tmp_path / "ref.config"
-    ref.write_text(REFERENCE.read_text().replace("CONFIG_TUN=m\n", "").replace("CONFIG_EXPERT=y\n", ""))
+    ref = _explained_reference(tmp_path)
     rc, out, err = _cli(capsys, *_args(reference=ref))
     assert rc == 0, out + err
     assert "unexplained (0 enabled by the reference)" in out and "FAIL" not in out
 
 
 def test_cli_ours_only_unexplained_does_not_fail(fake_configs, tmp_path, capsys):
-    ref = tmp_path / "ref.config"
-    ref.write_text(REFERENCE.read_text().replace("CONFIG_TUN=m\n", "").replace("CONFIG_EXPERT=y\n", ""))
+    ref = _explained_reference(tmp_path)
     rc, out, _ = _cli(capsys, *_args(reference=ref))
     assert rc == 0 and "unexplained         CONFIG_BLK_DEV_LOOP" in out
 
@@ -323,8 +532,8 @@ def test_cli_writes_json(fake_configs, tmp_path, capsys):
     assert rc == 1, err
     data = json.loads(path.read_text())
     assert data["arch"] == "amd64" and data["reference"] == str(REFERENCE) and data["tree"] == str(TREE)
-    assert data["counts"] == {"requested": 3, "omitted": 3, "hardware": 7, "unexplained": 3, "y-vs-m": 2}
-    assert data["failing"] == ["CONFIG_EXPERT", "CONFIG_TUN"]
+    assert data["counts"] == {"requested": 3, "omitted": 7, "hardware": 10, "unexplained": 6, "y-vs-m": 2}
+    assert data["failing"] == FAILING
     by = {d["option"]: d for d in data["differences"]}
     assert {o: (d["class"], d["direction"]) for o, d in by.items()} == EXPECTED_AMD64
     assert by["CONFIG_VIRTIO_BLK"] == {
@@ -332,16 +541,23 @@ def test_cli_writes_json(fake_configs, tmp_path, capsys):
         "class": "requested", "menu": ["Device Drivers", "Block devices"],
         "kconfig": ["drivers/block/Kconfig:11"], "request": "configs/fragments/base.config:4",
         "capability": "root-disk", "needed_by": "neonvm-runner (the root and runtime disks are virtio-blk)",
-        "omission": None, "omission_kind": None,
+        "omission": None, "omission_kind": None, "via": [],
         "reason": by["CONFIG_VIRTIO_BLK"]["reason"]}
-    assert data["unexplained_prefixes"][0] == {"prefix": "EXPERT", "count": 1, "menus": {"General setup": 1}}
+    assert data["unexplained_prefixes"][0] == {"prefix": "EXPERT_", "count": 2, "menus": {"General setup": 2}}
+    # an inherited explanation keeps its chain, root last
+    act = by["CONFIG_NET_ACT_CT"]
+    assert (act["class"], act["omission"], act["omission_kind"]) == ("omitted", "guest-netfilter", "policy")
+    assert act["via"] == [{"option": "CONFIG_NF_CONNTRACK", "relation": "depends on"},
+                          {"option": "CONFIG_NETFILTER", "relation": "menu depends on"}]
+    assert act["reason"] == "via NF_CONNTRACK -> NETFILTER: policy omission 'guest-netfilter': the runner " \
+                            "filters on the host"
 
 
 def test_cli_reads_a_gzipped_reference(fake_configs, tmp_path, capsys):
     ref = tmp_path / "config.gz"
     ref.write_bytes(gzip.compress(REFERENCE.read_bytes()))
     rc, out, _ = _cli(capsys, *_args("--allow-unexplained", reference=ref))
-    assert rc == 0 and "summary: amd64: 18 option(s) differ" in out
+    assert rc == 0 and "summary: amd64: 28 option(s) differ" in out
 
 
 def _error(err: str) -> str:
@@ -409,7 +625,7 @@ def test_run_without_tree_uses_the_pinned_source(fake_configs, monkeypatch, caps
     monkeypatch.setattr(configs, "_tree", fake_tree)
     rc = cc.run("x86_64", REFERENCE, allow_unexplained=True, contract_path=CONTRACT)
     assert rc == 0 and seen == [("6.12.117", "compare-config.log")]
-    assert f"(tree {TREE}, contract {CONTRACT}; 25 Kconfig symbols)" in capsys.readouterr().out
+    assert f"(tree {TREE}, contract {CONTRACT}; 37 Kconfig symbols)" in capsys.readouterr().out
 
 
 def test_nox_session_exists_with_usage():

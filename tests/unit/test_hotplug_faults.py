@@ -40,3 +40,15 @@ def test_fault_check_runs_only_when_asked_for_and_only_where_the_series_applies(
     assert "hotplug-faults" not in [c.name for c in boottest.select_checks(amd64, None)]
     assert [c.name for c in boottest.select_checks(amd64, ["hotplug-faults"])] == ["hotplug-faults"]
     assert boottest.select_checks(arm64, ["hotplug-faults"]) == []
+
+
+def test_stress_rounds_and_soak():
+    from harness.checks import memory_stress
+    from harness.errors import InvalidArgument
+
+    assert memory_stress.rounds() == list(memory_stress.DEFAULT_ROUNDS)
+    assert memory_stress.rounds(3) == list(memory_stress.DEFAULT_ROUNDS) * 3
+    assert memory_stress.rounds()[-1] == 0  # the device ends empty
+    with pytest.raises(InvalidArgument):
+        memory_stress.rounds(0)
+
