@@ -83,7 +83,8 @@ def cmd_boot_test(args) -> int:
 
     arch = get_arch(args.arch)
     ok = boottest.boot_test(arch, _arch_out(args, arch, args.variant), dry_run=args.dry_run, accel=args.accel,
-                            require_tools=args.require_tools, only=args.only or None, soak=args.soak)
+                            require_tools=args.require_tools, only=args.only or None, soak=args.soak,
+                            acpi_override=args.acpi_override)
     return 0 if ok else 1
 
 
@@ -160,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--only", nargs="*", help="run only these checks (opt-in checks, e.g. hotplug-faults, run "
                     "only when named here)")
     bt.add_argument("--soak", type=int, default=1, help="repeat the memory-stress rounds N times (default 1)")
+    bt.add_argument("--no-acpi-override", dest="acpi_override", action="store_false",
+                    help="under TCG, boot with QEMU's own ACPI tables (cpu-qmp is then skipped on Linux >= 6.9) "
+                    "instead of online-capable FACP/APIC from an early initrd cpio")
     bt.set_defaults(func=cmd_boot_test)
 
     r = sub.add_parser("release", help="build, verify and package every arch; exit non-zero on any failure")

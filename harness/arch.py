@@ -32,6 +32,9 @@ class Arch:
     kernel_cmdline_extra: tuple[str, ...]
     cpu_hotplug_qmp: bool  # the runner hot-plugs vCPUs through QMP device_add (amd64) ...
     cpu_hotplug_sysfs: bool  # ... or scales them through sysfs online/offline
+    # Under TCG, boot the guest with online-capable FACP/APIC from an early initrd cpio (harness/acpitables.py):
+    # x86 Linux >= 6.9 allows no hotplug vCPU under TCG with QEMU's own tables (revision 3, no Online Capable).
+    tcg_online_capable_acpi: bool
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug
     hotadd_fault_check: bool  # the memory hot-add series (x86 direct mapping) and its fault-injection proof
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
@@ -43,6 +46,10 @@ class Arch:
     # tools image: extra make flags for the static perf, and (feature, why it is off) pairs
     perf_make_flags: tuple[str, ...] = ()
     perf_disabled: tuple[tuple[str, str], ...] = ()
+    # Debian packages (for debian_arch) unpacked into a private sysroot that perf's build finds through
+    # pkg-config (harness/foreign.py): static libraries the build host does not install for this
+    # arch. () = the host's own (configs/host-packages.txt).
+    perf_sysroot_packages: tuple[str, ...] = ()
 
     @property
     def cross_gcc(self) -> str:
@@ -80,6 +87,7 @@ ARCHES: dict[str, Arch] = {
         kernel_cmdline_extra=("earlyprintk=ttyS1",),
         cpu_hotplug_qmp=True,
         cpu_hotplug_sysfs=True,
+        tcg_online_capable_acpi=True,
         acpi_dimm=True,
         hotadd_fault_check=True,
         boot_timeout_tcg=60,
@@ -114,6 +122,7 @@ ARCHES: dict[str, Arch] = {
         kernel_cmdline_extra=("acpi=on", "earlycon"),
         cpu_hotplug_qmp=False,
         cpu_hotplug_sysfs=True,
+        tcg_online_capable_acpi=False,  # no QMP vCPU hotplug on arm64
         acpi_dimm=False,
         hotadd_fault_check=False,
         boot_timeout_tcg=150,
@@ -126,6 +135,9 @@ ARCHES: dict[str, Arch] = {
         perf_make_flags=("NO_LIBELF=1",),
         perf_disabled=(("libelf", "NO_LIBELF=1: no static libelf for aarch64 on the build host (no symbol "
                                   "resolution from ELF files, no perf probe, no BPF)"),),
+        # libtraceevent.a (tracepoint events: perf stat/record -e sched:...), a self-contained archive
+        # needing only libc (dlopen for plugins is in libc.a)
+        perf_sysroot_packages=("libtraceevent-dev",),
     ),
 }
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import initramfs, proc, report
+from . import acpitables, initramfs, proc, report
 from .arch import Arch
 from .checks import (Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, memory_stress, ptp,
                      run_check, tools_in_guest)
@@ -110,7 +110,8 @@ def read_manifest(arch: Arch, out_dir: Path) -> dict:
 
 
 def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
-              require_tools: bool = False, only: list[str] | None = None, soak: int = 1) -> bool:
+              require_tools: bool = False, only: list[str] | None = None, soak: int = 1,
+              acpi_override: bool = True) -> bool:
     """Boot-test the kernel in OUT; write OUT/boot/results.{json,xml}; True when nothing failed."""
     out_dir = Path(out_dir)
     memory_stress.rounds(soak)  # validates --soak before anything runs
@@ -118,6 +119,7 @@ def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = 
     results = run(arch, kernel=out_dir / "vmlinuz", release=manifest.get("kernelrelease", "?"),
                   results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
                   require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
+                  acpi_override=acpi_override,
                   meta={"variant": manifest.get("variant", ""), "version": manifest.get("version", "")})
     return all(r.ok for r in results)
 
@@ -127,8 +129,11 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
         options: dict | None = None,
         dry_run: bool = False, cmdline_extra: tuple[str, ...] = (), boot_timeout: float | None = None,
         init_text: str | None = None, tag: str = "boot", meta: dict | None = None,
-        write_results: bool = True, stream=None) -> list[CheckResult]:
-    """Boot ``kernel`` once and run the selected checks; return their results (and write them)."""
+        write_results: bool = True, stream=None, acpi_override: bool = True) -> list[CheckResult]:
+    """Boot ``kernel`` once and run the selected checks; return their results (and write them).
+
+    ``acpi_override``: where QMP vCPU hotplug is tested under TCG, boot with online-capable FACP and
+    APIC in an early initrd cpio (harness/acpitables.py); never under KVM."""
     stream = stream or sys.stdout
     checks = select_checks(arch, only)
     acc = accel if isinstance(accel, Accel) else detect_accel(arch, accel)
@@ -137,9 +142,13 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
     spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
                      tools_img=tools_img if tools_img and tools_img.is_file() else None,
                      data_disk=Path(results_dir) / f"{tag}.pgdata.img")
+    acpi_wanted = acpitables.needed(arch, acc.name, [c.name for c in checks])
     if dry_run:
         spec = vm_spec(initrd=Path("$INITRAMFS"), **spec_args)
         print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
+        if acpi_wanted and acpi_override:
+            print("# initrd: early cpio of online-capable FACP and APIC (QEMU's own, read by a first boot of this "
+                  "VM, then cached) + $INITRAMFS", file=stream)
         print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
         print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
         return []
@@ -153,12 +162,20 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
         meta["qemu"] = _qemu_version(arch)
         make_data_disk(spec_args["data_disk"], log=Path(results_dir) / f"{tag}.data-disk.log")
         spec = vm_spec(initrd=initrd, **spec_args)
+        if acpi_wanted and acpi_override:
+            spec, meta["acpi_override"] = acpitables.apply(spec, qemu_version=meta["qemu"],
+                                                           log_dir=Path(results_dir), boot_timeout=timeout)
+            meta["initrd"] = str(spec.initrd)
+        elif acpi_wanted:
+            meta["acpi_override"] = {"off": "disabled (--no-acpi-override)"}
         with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
             meta["kernel_cmdline"] = kernel_cmdline(spec)
             result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,
                                        tools_img=tools_img, require_tools=require_tools)
             if guest is not None:
                 guest.options = dict(options or {})
+                if "acpi_override" in meta:
+                    guest.options["acpi_override"] = meta["acpi_override"]
             results.append(result)
             for check in checks:
                 if guest is None:

@@ -10,7 +10,7 @@ mtime 0 and owner root, so the same inputs always give the same bytes; it is cac
 
 busybox comes from the host's ``busybox-static`` package when the host runs that architecture, and
 otherwise from Debian's archive for the foreign architecture, fetched with a private apt state so
-that the host's configured architectures are not changed.
+that the host's configured architectures are not changed (``harness/foreign.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from . import elf, layout, proc
+from . import elf, foreign, layout, proc
 from .arch import Arch
 from .errors import InfraError
 
@@ -115,27 +115,16 @@ def fetch_busybox(arch: Arch) -> Path:
     if _usable_busybox(target, arch):
         return target
     log = base / "fetch.log"
-    lists = base / "apt-lists"
-    cache = base / "apt-cache"
-    (lists / "partial").mkdir(parents=True, exist_ok=True)
-    (cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    opts = [f"-oAPT::Architecture={arch.debian_arch}", f"-oAPT::Architectures={arch.debian_arch}",
-            f"-oDir::State::Lists={lists}", f"-oDir::Cache={cache}"]
     step = f"busybox-{arch.name}"
     with layout.exclusive_lock(base / ".lock", step=step, what=f"busybox cache for {arch.name}"):
-        proc.run(["apt-get", *opts, "update"], step=step, log=log, timeout=300)
         with tempfile.TemporaryDirectory(dir=base) as tmp:
-            proc.run(["apt-get", *opts, "download", "busybox-static"], step=step, log=log, cwd=tmp, timeout=300)
-            debs = sorted(Path(tmp).glob("busybox-static_*.deb"))
-            if not debs:
-                raise InfraError("apt-get download left no busybox-static .deb", step=step, log=log)
-            proc.run(["dpkg", "-x", debs[0], Path(tmp) / "root"], step=step, log=log, timeout=120)
-            binary = Path(tmp) / "root" / "bin" / "busybox"
+            root = Path(tmp) / "root"
+            (deb,) = foreign.download_and_unpack(arch.debian_arch, ["busybox-static"], root, step=step, log=log)
+            binary = root / "bin" / "busybox"
             if not _usable_busybox(binary, arch):
-                raise InfraError(f"{debs[0].name} holds no static {arch.elf_machine_name} busybox",
-                                 step=step, log=log)
+                raise InfraError(f"{deb} holds no static {arch.elf_machine_name} busybox", step=step, log=log)
             layout.atomic_copy(binary, target)
-            layout.atomic_write_text(base / "source.txt", debs[0].name + "\n")
+            layout.atomic_write_text(base / "source.txt", deb + "\n")
     target.chmod(0o755)
     return target
 
@@ -196,3 +185,40 @@ def build(arch: Arch, *, init_text: str = INIT_SCRIPT) -> Path:
         os.replace(archive, target)
     LOG.info("built %s", target)
     return target
+
+
+def early_cpio(files: dict[str, bytes], dest: Path, *, log: Path) -> Path:
+    """Write ``files`` (archive path -> content) with their parent directories as an uncompressed
+    newc cpio at ``dest``, for the kernel's early scan of the initrd (``kernel/firmware/acpi/*.aml``
+    replacement ACPI tables, placed before the compressed or uncompressed initramfs).
+
+    The same approach as :func:`build`: sorted names, mtime 0, owner root (``cpio --reproducible
+    -H newc -R 0:0``), files 0644 and directories 0755, so the same files give the same bytes.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    names: set[str] = set()
+    for name in files:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise InfraError(f"early cpio: {name!r} is not a relative path inside the archive", step="early-cpio")
+        names.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        for name in sorted(names):
+            path = root / name
+            if name in files:
+                path.write_bytes(files[name])
+                path.chmod(0o644)
+            else:
+                path.mkdir(exist_ok=True)
+                path.chmod(0o755)
+        for path in [root, *root.rglob("*")]:
+            os.utime(path, (0, 0), follow_symlinks=False)
+        archive = Path(tmp) / "early.cpio"
+        proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
+                  "-F", archive], step="early-cpio", log=log, cwd=root,
+                 input_text="".join(n + "\n" for n in sorted(names)), timeout=60)
+        os.replace(archive, dest)
+    return dest

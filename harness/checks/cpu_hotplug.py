@@ -9,13 +9,19 @@
 
 In both, ``/sys/devices/system/cpu/online`` and the scheduler (``nproc``, a task pinned to the
 CPU with taskset) must agree.
+
+Under TCG an x86 guest >= 6.9 allows hotplug vCPUs only with online-capable ACPI tables; the boot
+test then boots with FACP and APIC replaced through the initrd (harness/acpitables.py), passes
+what it did in ``guest.options["acpi_override"]``, and the QMP check records it and the guest's
+own ``Table Upgrade`` lines.
 """
 from __future__ import annotations
 
 import logging
 import re
+import time
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, InfraError
 from . import Check, Guest, Skip, cpu_list
 
 LOG = logging.getLogger(__name__)
@@ -24,6 +30,9 @@ SYS = "/sys/devices/system/cpu"
 # 6.9+: "CPU topo: Allowing 2 present CPUs plus 0 hotplug CPUs"; older: "smpboot: Allowing 4 CPUs, 2 hotplug CPUs"
 TOPOLOGY_RE = re.compile(r"Allowing (\d+) (?:present )?CPUs(?: plus|,) (\d+) hotplug CPUs")
 HOTPLUG_DEVICE_ID = "hotcpu0"
+# "ACPI: Table Upgrade: override [FACP-BOCHS -BXPC    ]" and "ACPI: APIC 0x... (v05 BOCHS  BXPC ...)"
+ACPI_OVERRIDE_RE = re.compile(r"^.*(?:Table Upgrade: override \[(?:FACP|APIC)-|ACPI: (?:FACP|APIC) 0x).*$",
+                              re.MULTILINE)
 
 
 def _cpus(guest: Guest, what: str, step: str) -> set[int]:
@@ -89,16 +98,42 @@ def sysfs(guest: Guest, ev: dict) -> None:
     _expect_not_schedulable(guest, targets[-1], step, ev)
 
 
+def _acpi_override(guest: Guest, ev: dict, step: str) -> str | None:
+    """Record the ACPI override the boot used (if any); the reason it was not used, else None."""
+    acpi = guest.options.get("acpi_override")
+    if not acpi:
+        return None
+    if "error" in acpi:  # an error only where it matters (the guest allows no hotplug vCPU)
+        ev["acpi_override"] = {"error": acpi["error"]}
+        return f"the online-capable ACPI tables for TCG could not be prepared: {acpi['error']}"
+    if "off" in acpi:
+        ev["acpi_override"] = acpi["off"]
+        return f"the online-capable ACPI override is {acpi['off']}"
+    ev["acpi_override"] = {k: acpi[k] for k in ("FACP", "APIC", "source", "cache") if k in acpi}
+    ev["acpi_override_in_guest"] = [ln.strip() for ln in ACPI_OVERRIDE_RE.findall(guest.boot_dmesg)]
+    if not any("Table Upgrade: override" in ln for ln in ev["acpi_override_in_guest"]):
+        return ("the kernel did not take the online-capable ACPI tables from the initrd (no 'Table Upgrade: "
+                "override' in dmesg: built without ACPI_TABLE_UPGRADE?)")
+    return ""
+
+
 def qmp(guest: Guest, ev: dict) -> None:
     step = "cpu-qmp"
+    why_not = _acpi_override(guest, ev, step)
     m = TOPOLOGY_RE.search(guest.boot_dmesg)
     ev["guest_topology"] = m.group(0) if m else "(no 'Allowing ... hotplug CPUs' line in dmesg)"
     if m and int(m.group(2)) == 0:
-        if guest.accel_name != "kvm":
-            raise Skip(f"needs KVM (ran under {guest.accel_name.upper()}): the guest allows no hotplug vCPU, "
-                       f"its dmesg says {m.group(0)!r} (x86 Linux >= 6.9 counts disabled LAPICs as hot-pluggable "
-                       "only under a known hypervisor or with an online-capable MADT)")
-        raise CheckFailed(f"under KVM the guest allows no hotplug vCPU: {m.group(0)!r}", step=step)
+        if guest.accel_name == "kvm":
+            raise CheckFailed(f"under KVM the guest allows no hotplug vCPU: {m.group(0)!r}", step=step)
+        if why_not == "":  # the kernel took the online-capable tables and still allows none
+            raise CheckFailed(f"with online-capable FACP and APIC ({ev['acpi_override']}) the guest still allows "
+                              f"no hotplug vCPU: {m.group(0)!r}", step=step)
+        if isinstance(ev.get("acpi_override"), dict) and "error" in ev["acpi_override"]:
+            raise InfraError(f"{why_not}; the guest, with QEMU's own tables, says {m.group(0)!r}", step=step)
+        raise Skip(f"needs KVM (ran under {guest.accel_name.upper()}): the guest allows no hotplug vCPU, "
+                   f"its dmesg says {m.group(0)!r} (x86 Linux >= 6.9 counts disabled LAPICs as hot-pluggable "
+                   "only under a known hypervisor or with an online-capable MADT)"
+                   + (f"; {why_not}" if why_not else ""))
     slots = guest.qmp.execute("query-hotpluggable-cpus")
     free = sorted((s for s in slots if "qom-path" not in s), key=lambda s: sorted(s["props"].items()))
     ev["hotpluggable_free"] = len(free)
@@ -110,9 +145,11 @@ def qmp(guest: Guest, ev: dict) -> None:
     before = _scheduler_agrees(guest, step, ev, "before")
     args = {"driver": slot["type"], "id": HOTPLUG_DEVICE_ID, **slot["props"]}
     ev["device_add"] = args
+    plugged = time.monotonic()
     guest.qmp.execute("device_add", args)
     guest.console.wait_until(f'[ "$(cat {SYS}/present)" != "{present_text}" ]', timeout=20, step=step,
                              what="the guest sees the new vCPU")
+    ev["seconds_plug_to_present"] = round(time.monotonic() - plugged, 3)
     new = _cpus(guest, "present", step) - present
     ev["new_cpu"] = _fmt(new)
     if len(new) != 1:
@@ -124,6 +161,8 @@ def qmp(guest: Guest, ev: dict) -> None:
     up = _scheduler_agrees(guest, step, ev, "added")
     if up != before | {cpu}:
         raise CheckFailed(f"after hot-adding CPU {cpu}, online is {_fmt(up)}", step=step)
+    # device_add -> present -> onlined and seen online by the scheduler (host clock, console round trips included)
+    ev["seconds_plug_to_online"] = round(time.monotonic() - plugged, 3)
     _expect_runs_on(guest, cpu, step, ev)
     guest.qmp.execute("device_del", {"id": HOTPLUG_DEVICE_ID})
     # QEMU 10 reports the vCPU's removal as DEVICE_DELETED of its child (.../hotcpu0/lapic); the

@@ -19,7 +19,7 @@ from ..console import scan_failures
 from ..errors import CheckFailed
 from ..vm import VIRTIO_MEM_ID
 from . import Check, Guest
-from .memory_hotplug import MIB, VIRTIO_MEM_QOM, _memtotal, _set_requested, _wait_memtotal
+from .memory_hotplug import MIB, VIRTIO_MEM_QOM, memtotal, set_requested, wait_memtotal
 
 LOG = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def faults(guest: Guest, ev: dict) -> None:
     near = guest.sh(f"grep ' [tT] ' /proc/kallsyms | sort | grep -A1 ' {TARGET}$'", step=step, timeout=120)
     start, end = symbol_range(near, TARGET)
     ev["filter"] = f"{TARGET} [{start:#x}, {end:#x})"
-    total0 = _memtotal(guest, step)
+    total0 = memtotal(guest, step)
     ev["memtotal_kib_before"] = total0
     for cmd in injection_commands(start, end):
         guest.sh(cmd, step=step)
@@ -81,18 +81,18 @@ def faults(guest: Guest, ev: dict) -> None:
     ev["times_left"] = guest.sh(f"cat {FAIL_DIR}/times", step=step).strip()
     plugged = guest.qmp.execute("qom-get", {"path": VIRTIO_MEM_QOM, "property": "size"})
     ev["device_size_during_injection"] = plugged
-    total1 = _memtotal(guest, step)
+    total1 = memtotal(guest, step)
     ev["memtotal_kib_during_injection"] = total1
     if total1 > total0:
         raise CheckFailed(f"MemTotal grew by {(total1 - total0) // 1024} MiB although the hot-add failed", step=step)
     # Injection off: a new request makes virtio-mem retry at once (a config change), and it must plug.
     guest.sh(f"echo 0 > {FAIL_DIR}/times", step=step)
-    _set_requested(guest, 0, step, ev, "reset")
-    _set_requested(guest, PLUG_MIB * MIB, step, ev, "replugged")
-    ev["seconds_to_plug_after"] = round(_wait_memtotal(guest, total0 + PLUG_MIB * 1024, step=step,
+    set_requested(guest, 0, step, ev, "reset")
+    set_requested(guest, PLUG_MIB * MIB, step, ev, "replugged")
+    ev["seconds_to_plug_after"] = round(wait_memtotal(guest, total0 + PLUG_MIB * 1024, step=step,
                                                        what=f"MemTotal grows by {PLUG_MIB} MiB after injection"), 2)
-    _set_requested(guest, 0, step, ev, "unplugged")
-    _wait_memtotal(guest, total0, step=step, what="MemTotal drops back")
+    set_requested(guest, 0, step, ev, "unplugged")
+    wait_memtotal(guest, total0, step=step, what="MemTotal drops back")
     bad = scan_failures(guest.sh("dmesg", step=step, timeout=60))
     if bad:
         ev["dmesg_failures"] = bad[:10]

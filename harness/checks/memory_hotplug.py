@@ -23,21 +23,21 @@ VIRTIO_MEM_QOM = f"/machine/peripheral/{VIRTIO_MEM_ID}"
 DIMM_ID = "dimm0"
 
 
-def _memtotal(guest: Guest, step: str) -> int:
+def memtotal(guest: Guest, step: str) -> int:
     return meminfo_kib(guest.sh("cat /proc/meminfo", step=step))
 
 
-def _blocks(guest: Guest, step: str) -> set[str]:
+def memory_blocks(guest: Guest, step: str) -> set[str]:
     return set(guest.sh(f"ls {MEMORY_SYS} | grep '^memory[0-9]'", step=step).split())
 
 
-def _wait_memtotal(guest: Guest, kib: int, *, step: str, what: str) -> float:
+def wait_memtotal(guest: Guest, kib: int, *, step: str, what: str) -> float:
     cond = f"[ \"$(awk '/^MemTotal:/{{print $2}}' /proc/meminfo)\" = {kib} ]"
     return guest.console.wait_until(cond, timeout=30, step=step, what=what)
 
 
 def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: dict, *, movable: bool) -> None:
-    new = sorted(_blocks(guest, step) - before, key=lambda b: int(b[6:]))
+    new = sorted(memory_blocks(guest, step) - before, key=lambda b: int(b[6:]))
     if not new:
         raise CheckFailed("MemTotal grew but no new memory block appeared in sysfs", step=step)
     out = guest.sh(" ; ".join(f"echo {b} $(cat {MEMORY_SYS}/{b}/state) $(cat {MEMORY_SYS}/{b}/valid_zones)"
@@ -58,7 +58,7 @@ def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: dict, *, m
                               step=step)
 
 
-def _set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> None:
+def set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> None:
     guest.qmp.forget_pending()  # an earlier resize may have passed through this size on its way
     guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": size})
     event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=30 * guest.console.scale, step=step,
@@ -79,31 +79,31 @@ def virtio_mem(guest: Guest, ev: dict) -> None:
     if rc != 0:
         raise CheckFailed(f"the kernel has no virtio-mem driver ({VIRTIO_MEM_DRIVER} missing; it must be built "
                           "in: the test initramfs loads no modules)", step=step)
-    total0 = _memtotal(guest, step)
-    blocks0 = _blocks(guest, step)
+    total0 = memtotal(guest, step)
+    blocks0 = memory_blocks(guest, step)
     ev["memtotal_kib_before"] = total0
     grow = VIRTIO_MEM_GROW_MIB * MIB
-    _set_requested(guest, grow, step, ev, "grown")
-    ev["grow_seconds"] = round(_wait_memtotal(guest, total0 + grow // 1024, step=step,
+    set_requested(guest, grow, step, ev, "grown")
+    ev["grow_seconds"] = round(wait_memtotal(guest, total0 + grow // 1024, step=step,
                                               what=f"MemTotal grows by {VIRTIO_MEM_GROW_MIB} MiB"), 2)
-    ev["memtotal_kib_grown"] = _memtotal(guest, step)
+    ev["memtotal_kib_grown"] = memtotal(guest, step)
     _new_blocks_online(guest, blocks0, step, ev, movable=True)
-    _set_requested(guest, 0, step, ev, "shrunk")
-    ev["shrink_seconds"] = round(_wait_memtotal(guest, total0, step=step, what="MemTotal drops back"), 2)
-    ev["memtotal_kib_after"] = _memtotal(guest, step)
+    set_requested(guest, 0, step, ev, "shrunk")
+    ev["shrink_seconds"] = round(wait_memtotal(guest, total0, step=step, what="MemTotal drops back"), 2)
+    ev["memtotal_kib_after"] = memtotal(guest, step)
 
 
 def acpi_dimm(guest: Guest, ev: dict) -> None:
     step = "acpi-dimm"
-    total0 = _memtotal(guest, step)
-    blocks0 = _blocks(guest, step)
+    total0 = memtotal(guest, step)
+    blocks0 = memory_blocks(guest, step)
     ev["memtotal_kib_before"] = total0
     guest.qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": f"{DIMM_ID}-mem",
                                      "size": DIMM_MIB * MIB})
     guest.qmp.execute("device_add", {"driver": "pc-dimm", "id": DIMM_ID, "memdev": f"{DIMM_ID}-mem"})
-    ev["seconds"] = round(_wait_memtotal(guest, total0 + DIMM_MIB * 1024, step=step,
+    ev["seconds"] = round(wait_memtotal(guest, total0 + DIMM_MIB * 1024, step=step,
                                          what=f"MemTotal grows by the {DIMM_MIB} MiB DIMM"), 2)
-    ev["memtotal_kib_after"] = _memtotal(guest, step)
+    ev["memtotal_kib_after"] = memtotal(guest, step)
     ev["acpi_ost"] = [e.get("data", {}) for e in guest.qmp.drain() if e["event"] == "ACPI_DEVICE_OST"]
     _new_blocks_online(guest, blocks0, step, ev, movable=False)
 

@@ -19,7 +19,7 @@ from ..console import GuestTimeout, scan_failures
 from ..errors import CheckFailed, InvalidArgument
 from ..vm import VIRTIO_MEM_ID
 from . import Check, Guest, cpu_list
-from .memory_hotplug import MIB, VIRTIO_MEM_QOM, _blocks, _memtotal, _wait_memtotal
+from .memory_hotplug import MIB, VIRTIO_MEM_QOM, memory_blocks, memtotal, wait_memtotal
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _device_size(guest: Guest) -> int:
 def _resize(guest: Guest, target_mib: int, step: str) -> dict:
     """Ask for ``target_mib`` and follow the device until it reaches it, or stops moving for
     STALL_SECONDS (a shrink the guest refuses: it keeps memory it cannot offline). One round's record."""
-    before_blocks = _blocks(guest, step)
+    before_blocks = memory_blocks(guest, step)
     target = target_mib * MIB
     guest.qmp.forget_pending()
     start = time.monotonic()
@@ -62,7 +62,7 @@ def _resize(guest: Guest, target_mib: int, step: str) -> dict:
             break  # no progress for a whole stall period
         size = now
     seconds = round(time.monotonic() - start, 2)
-    after_blocks = _blocks(guest, step)
+    after_blocks = memory_blocks(guest, step)
     return {"target_mib": target_mib, "reached_mib": size // MIB, "seconds": seconds, "reached": reached,
             "blocks_added": len(after_blocks - before_blocks), "blocks_removed": len(before_blocks - after_blocks)}
 
@@ -76,7 +76,7 @@ def stress(guest: Guest, ev: dict) -> None:
     step = "memory-stress"
     soak = int(guest.options.get("soak", 1))
     plan = rounds(soak)
-    total0 = _memtotal(guest, step)
+    total0 = memtotal(guest, step)
     hog_mib = int(total0 / 1024 * HOG_FRACTION)
     ev.update(memtotal_kib_boot=total0, hog_mib=hog_mib, plan_mib=plan)
     present = cpu_list(guest.console.read(f"{SYS_CPU}/present", step=step))
@@ -116,11 +116,11 @@ def stress(guest: Guest, ev: dict) -> None:
             rec["refused"] = rec["reached_mib"] != target
             expected = total0 + rec["reached_mib"] * 1024
             try:
-                rec["memtotal_seconds"] = round(_wait_memtotal(guest, expected, step=step,
+                rec["memtotal_seconds"] = round(wait_memtotal(guest, expected, step=step,
                                                                what="MemTotal follows the device"), 2)
             except GuestTimeout:
                 ev["rounds"] = records
-                raise CheckFailed(f"after the round to {target} MiB MemTotal is {_memtotal(guest, step)} kB, "
+                raise CheckFailed(f"after the round to {target} MiB MemTotal is {memtotal(guest, step)} kB, "
                                   f"not {expected} kB (boot {total0} + device {rec['reached_mib']} MiB)",
                                   step=step) from None
             rc, _ = guest.console.run(f"kill -0 {pids['memhog']}", step=step, check=False)

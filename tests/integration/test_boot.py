@@ -75,11 +75,18 @@ def test_boot_test_amd64(smoke_tools):
                                           "acpi-dimm", "ptp-kvm-builtin", *CONTRACT_CHECKS})
     assert_contract(checks)
     qmp = checks["cpu-qmp"]
-    if qmp["status"] == "skip":  # the 6.x guest under TCG: the skip carries the guest's own line
-        assert qmp["evidence"]["accelerator"] == "tcg"
-        assert "plus 0 hotplug CPUs" in qmp["reason"]
+    assert qmp["status"] == "pass", qmp["reason"]  # under TCG too: online-capable FACP/APIC from the initrd
+    assert qmp["evidence"]["seconds_plug_to_online"] > 0
+    meta = json.loads((out / "boot" / "results.json").read_text())["meta"]
+    if qmp["evidence"]["accelerator"] == "tcg":
+        assert meta["acpi_override"]["FACP"].endswith("-> 6.3, OEM rev 1 -> 2"), meta["acpi_override"]
+        assert "online-capable on 2 entries" in meta["acpi_override"]["APIC"]
+        assert meta["acpi_override"]["source"].startswith("captured from QEMU")
+        assert qmp["evidence"]["acpi_override"]["APIC"] == meta["acpi_override"]["APIC"]
+        assert any("Table Upgrade: override [APIC-" in ln for ln in qmp["evidence"]["acpi_override_in_guest"])
+        assert qmp["evidence"]["guest_topology"] == "Allowing 2 present CPUs plus 2 hotplug CPUs"
     else:
-        assert qmp["status"] == "pass"
+        assert "acpi_override" not in meta  # never under KVM
 
 
 def test_boot_test_arm64(smoke_tools):
@@ -89,6 +96,18 @@ def test_boot_test_arm64(smoke_tools):
     assert_contract(checks)
     assert checks["contract-rtc"]["evidence"]["rtc_name"] == "rtc-efi"
     assert "cpu-qmp" not in checks and "acpi-dimm" not in checks
+
+
+def test_cpu_qmp_without_the_acpi_override_skips_under_tcg(smoke_build, tmp_path):
+    """QEMU's own tables (--no-acpi-override): the 6.12 guest under TCG allows no hotplug vCPU, and
+    the skip quotes its line."""
+    if detect_accel(AMD64).name == "kvm":
+        pytest.skip("KVM is usable here: no override either way")
+    out = smoke_build["amd64"]
+    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
+                                                results_dir=tmp_path, only=["cpu-qmp"], acpi_override=False)}
+    qmp = results["cpu-qmp"]
+    assert qmp.status == "skip" and "plus 0 hotplug CPUs" in qmp.reason and "--no-acpi-override" in qmp.reason
 
 
 # -- negative cases -------------------------------------------------------------------------------

@@ -124,3 +124,13 @@ def test_every_proof_names_a_known_check_or_probe_item():
                 assert proof.removeprefix("probe:") in PROBE_ITEMS, (cap.name, proof)
             else:
                 assert proof in CHECK_NAMES, (cap.name, proof)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHES))
+def test_no_omission_claims_an_option_the_production_config_has(arch):
+    """An omission says what is left out: none of its patterns may match an option that is on."""
+    a = ARCHES[arch]
+    resolved = kconfig.parse_config_text(kconfig.committed_config_path(a, source.Pin.load().version).read_text())
+    on = [opt for opt, val in resolved.items() if val not in ("n", "")]
+    wrong = [(om.name, opt) for om in CONTRACT.omissions if arch in om.arches for opt in on if om.matches(opt)]
+    assert not wrong, wrong

@@ -2,6 +2,7 @@
 and the ELF reader the inspection relies on. No appliance, no kernel build."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import elf, toolsimage
+from harness import elf, foreign, initramfs, toolsimage
 from harness.arch import ARCHES
-from harness.errors import InvalidArgument, SourceMissing
+from harness.errors import InfraError, InvalidArgument, SourceMissing
 
 from tools_fakes import RELEASE, SOURCE_DATE, fake_out, fake_perf, fake_tree, package
 
@@ -20,24 +21,226 @@ AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
 
 
 # -- command lines -------------------------------------------------------------------------------------
+SYSROOT = foreign.Unpacked(Path("/c/foreign/arm64/perf-sysroot/root"), ("libtraceevent-dev_1%3a1.7.1-1_arm64.deb",))
+
+
 def test_perf_argv_is_static_and_cross_for_arm64(tmp_path):
-    argv = toolsimage.perf_argv(ARM64, Path("/t"), Path("/o"), 2)
+    argv = toolsimage.perf_argv(ARM64, Path("/t"), Path("/o"), 2, SYSROOT)
     assert argv[:5] == ["make", "-C", "/t/tools/perf", "O=/o", "-j2"]
-    for want in ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "LDFLAGS=-static", "NO_LIBTRACEEVENT=1",
-                 "NO_LIBELF=1", "NO_JVMTI=1"):
+    for want in ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "LDFLAGS=-static", "NO_LIBELF=1", "NO_JVMTI=1",
+                 "EXTRA_CFLAGS=-I/c/foreign/arm64/perf-sysroot/root/usr/include"):
         assert want in argv
     assert argv[-1] == "perf"
     amd = toolsimage.perf_argv(AMD64, Path("/t"), Path("/o"), 2)
     assert "NO_LIBELF=1" not in amd and not any(a.startswith("CROSS_COMPILE") for a in amd)
-    assert toolsimage.perf_env(ARM64)["PKG_CONFIG_LIBDIR"] == "/usr/lib/aarch64-linux-gnu/pkgconfig"
+    assert not any(a.startswith("EXTRA_CFLAGS") for a in amd)
+
+
+def test_libtraceevent_is_built_in_on_both_arches():
+    """Tracepoint events (perf stat -e sched:sched_switch) need libtraceevent: never switched off."""
+    for arch in (AMD64, ARM64):
+        assert not any("TRACEEVENT" in f for f in toolsimage.perf_flags(arch, SYSROOT))
+        assert "libtraceevent" not in {**toolsimage.PERF_DISABLED, **dict(arch.perf_disabled)}
+    assert "libtraceevent-dev" in ARM64.perf_sysroot_packages  # cross: from Debian's arm64 archive
+    assert AMD64.perf_sysroot_packages == ()  # native: the host's (configs/host-packages.txt)
+    host_packages = (Path(__file__).resolve().parents[2] / "configs" / "host-packages.txt").read_text()
+    assert "libtraceevent-dev" in host_packages.split()
+
+
+def test_perf_env_points_pkg_config_at_the_targets_own_files():
+    assert toolsimage.perf_env(AMD64) == {"PKG_CONFIG_LIBDIR": "/usr/lib/x86_64-linux-gnu/pkgconfig",
+                                          "PKG_CONFIG_PATH": "", "PKG_CONFIG_SYSROOT_DIR": ""}
+    assert toolsimage.perf_env(ARM64, SYSROOT) == {
+        "PKG_CONFIG_LIBDIR": "/c/foreign/arm64/perf-sysroot/root/usr/lib/aarch64-linux-gnu/pkgconfig",
+        "PKG_CONFIG_PATH": "", "PKG_CONFIG_SYSROOT_DIR": "/c/foreign/arm64/perf-sysroot/root"}
+
+
+def test_perf_sysroot_is_none_for_a_native_arch(monkeypatch):
+    monkeypatch.setattr(foreign, "unpacked", lambda *a, **kw: pytest.fail("no fetch for amd64"))
+    assert toolsimage.perf_sysroot(AMD64) is None
 
 
 def test_perf_objdir_is_under_cache_and_per_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
     a = toolsimage.perf_objdir(AMD64, Path("/trees/a"))
     assert a.parent == tmp_path / "perf" and a.name.startswith("amd64-")
+    assert a == toolsimage.perf_objdir(AMD64, Path("/trees/a"))
     assert a != toolsimage.perf_objdir(AMD64, Path("/trees/b"))
     assert a != toolsimage.perf_objdir(ARM64, Path("/trees/a"))
+
+
+def test_perf_objdir_changes_with_flags_and_sysroot(tmp_path, monkeypatch):
+    """A change of make variables, pkg-config environment or sysroot packages builds afresh."""
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
+    base = toolsimage.perf_objdir(ARM64, Path("/trees/a"), SYSROOT)
+    assert base != toolsimage.perf_objdir(ARM64, Path("/trees/a"))  # no sysroot
+    newer = foreign.Unpacked(SYSROOT.root, ("libtraceevent-dev_1%3a1.8.0-1_arm64.deb",))
+    assert base != toolsimage.perf_objdir(ARM64, Path("/trees/a"), newer)
+    assert base != toolsimage.perf_objdir(dataclasses.replace(ARM64, perf_make_flags=()), Path("/trees/a"), SYSROOT)
+    monkeypatch.setattr(toolsimage, "PERF_FLAGS", (*toolsimage.PERF_FLAGS, "NO_LIBTRACEEVENT=1"))
+    assert base != toolsimage.perf_objdir(ARM64, Path("/trees/a"), SYSROOT)
+
+
+def test_build_perf_runs_with_the_sysroot_and_records_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(toolsimage, "perf_sysroot", lambda arch: SYSROOT)
+    kb = toolsimage.KernelBuild.from_out(ARM64, _kb(tmp_path))
+    seen = {}
+
+    def run(argv, *, env, **kw):
+        seen.update(argv=argv, env=env)
+        objdir = Path(argv[3][len("O="):])
+        (objdir / "FEATURE-DUMP").write_text("feature-libtraceevent=1\nfeature-libelf=0\n")
+        (objdir / "perf").write_bytes(fake_perf(ARM64))
+
+    monkeypatch.setattr(toolsimage.proc, "run", run)
+    binary, info = toolsimage.build_perf(kb, jobs=2, log=tmp_path / "perf.log")
+    assert binary == toolsimage.perf_objdir(ARM64, kb.tree, SYSROOT) / "perf"
+    assert seen["argv"] == toolsimage.perf_argv(ARM64, kb.tree, binary.parent, 2, SYSROOT)
+    assert seen["env"] == toolsimage.perf_env(ARM64, SYSROOT)
+    assert "libtraceevent" in info["features_on"] and "libelf" in info["features_off"]
+    assert info["sysroot_debs"] == list(SYSROOT.debs)
+    assert info["make_flags"] == toolsimage.perf_flags(ARM64, SYSROOT)
+    assert set(info["disabled_by_harness"]) == {"libpython", "libperl", "jvmti", "libelf"}
+
+
+# -- foreign packages (harness/foreign.py): the private apt state, the cache, static archives ---------
+def _ar(members: dict[str, bytes]) -> bytes:
+    """A GNU ar archive: a symbol-table stub, a long-name table, then the members."""
+    longnames = b"".join(n.encode() + b"/\n" for n in members if len(n) > 15)
+    out = [b"!<arch>\n"]
+
+    def member(name: str, data: bytes) -> bytes:
+        hdr = f"{name:<16}{0:<12}{0:<6}{0:<6}{644:<8}{len(data):<10}`\n".encode()
+        assert len(hdr) == 60
+        return hdr + data + (b"\n" if len(data) & 1 else b"")
+
+    out.append(member("/", b"\0\0\0\0"))
+    if longnames:
+        out.append(member("//", longnames))
+    for name, data in members.items():
+        if len(name) > 15:
+            name = f"/{longnames.index(name.encode())}"
+        else:
+            name += "/"
+        out.append(member(name, data))
+    return b"".join(out)
+
+
+def test_ar_members_and_static_archive_check(tmp_path):
+    lib = tmp_path / "libx.a"
+    obj = elf.build_minimal(machine=ARM64.elf_machine) + b"\0"  # odd size: padded
+    lib.write_bytes(_ar({"a.o": obj, "a-very-long-member-name.o": obj}))
+    names = [n for n, _, _ in foreign.ar_members(lib)]
+    assert names == ["/", "//", "a.o", "a-very-long-member-name.o"]  # long names resolved
+    assert foreign.check_static_archive(lib, ARM64) == 2
+    lib.write_bytes(_ar({"a.o": obj, "a-very-long-member-name.o": elf.build_minimal(machine=62)}))
+    with pytest.raises(InfraError, match="member a-very-long-member-name.o is ELF machine 62"):
+        foreign.check_static_archive(lib, ARM64)
+    lib.write_bytes(_ar({"a.o": obj})[:-20])
+    with pytest.raises(InfraError, match="runs past the end"):
+        foreign.check_static_archive(lib, ARM64)
+    lib.write_bytes(_ar({"readme": b"text"}))
+    with pytest.raises(InfraError, match="no ELF objects"):
+        foreign.check_static_archive(lib, ARM64)
+    lib.write_bytes(b"!<thin>\n")
+    with pytest.raises(InfraError, match="not an ar archive"):
+        foreign.check_static_archive(lib, ARM64)
+
+
+def test_static_archive_check_on_the_hosts_libtraceevent():
+    lib = Path(f"/usr/lib/{AMD64.gnu_triplet}/libtraceevent.a")
+    if not lib.is_file():
+        pytest.skip("libtraceevent-dev is not installed (./bootstrap installs it)")
+    assert foreign.check_static_archive(lib, AMD64) > 0
+    with pytest.raises(InfraError, match="not 64-bit AArch64"):
+        foreign.check_static_archive(lib, ARM64)
+
+
+def test_download_and_unpack_uses_a_private_apt_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
+    calls = []
+
+    def run(argv, *, cwd=None, **kw):
+        argv = [str(a) for a in argv]
+        calls.append(argv)
+        if "download" in argv:
+            for pkg in argv[argv.index("download") + 1:]:
+                (Path(cwd) / f"{pkg}_1.0_arm64.deb").write_bytes(b"deb")
+
+    monkeypatch.setattr(foreign.proc, "run", run)
+    debs = foreign.download_and_unpack("arm64", ["libtraceevent-dev", "zlib1g-dev"], tmp_path / "root",
+                                       step="t", log=tmp_path / "log")
+    assert debs == ["libtraceevent-dev_1.0_arm64.deb", "zlib1g-dev_1.0_arm64.deb"]
+    apt = tmp_path / "foreign" / "arm64" / "apt"
+    opts = [f"-oAPT::Architecture=arm64", "-oAPT::Architectures=arm64", f"-oDir::State::Lists={apt}/lists",
+            f"-oDir::Cache={apt}/cache"]
+    assert calls[0] == ["apt-get", *opts, "update"]
+    assert calls[1] == ["apt-get", *opts, "download", "libtraceevent-dev", "zlib1g-dev"]
+    assert [c[0] for c in calls[2:]] == ["dpkg", "dpkg"] and all(c[-1] == str(tmp_path / "root") for c in calls[2:])
+
+
+def _fake_download(counter):
+    def download(debian_arch, packages, root, *, step, log):
+        counter.append(list(packages))
+        lib = Path(root) / "usr" / "lib" / "aarch64-linux-gnu"
+        (lib / "pkgconfig").mkdir(parents=True)
+        (lib / "pkgconfig" / "libtraceevent.pc").write_text("Name: libtraceevent\n")
+        (lib / "libtraceevent.a").write_bytes(_ar({"a.o": elf.build_minimal(machine=ARM64.elf_machine)}))
+        return [f"{p}_1.0_{debian_arch}.deb" for p in packages]
+    return download
+
+
+def test_perf_sysroot_is_fetched_once_checked_and_refetched_when_needed(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
+    fetched = []
+    monkeypatch.setattr(foreign, "download_and_unpack", _fake_download(fetched))
+    s = toolsimage.perf_sysroot(ARM64)
+    assert s.root == tmp_path / "foreign" / "arm64" / toolsimage.PERF_SYSROOT / "root"
+    assert s.debs == ("libtraceevent-dev_1.0_arm64.deb",)
+    assert toolsimage.perf_sysroot(ARM64) == s and len(fetched) == 1  # cached
+    # a cached archive that is no longer for the arch is fetched again
+    (s.root / "usr" / "lib" / "aarch64-linux-gnu" / "libtraceevent.a").write_bytes(
+        _ar({"a.o": elf.build_minimal(machine=62)}))
+    assert toolsimage.perf_sysroot(ARM64) == s and len(fetched) == 2
+    # a changed package list is fetched again
+    more = dataclasses.replace(ARM64, perf_sysroot_packages=("libtraceevent-dev", "zlib1g-dev"))
+    assert toolsimage.perf_sysroot(more).debs == ("libtraceevent-dev_1.0_arm64.deb", "zlib1g-dev_1.0_arm64.deb")
+    assert fetched[-1] == ["libtraceevent-dev", "zlib1g-dev"]
+
+
+def test_perf_sysroot_with_the_wrong_arch_is_refused_and_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
+
+    def download(debian_arch, packages, root, *, step, log):
+        lib = Path(root) / "usr" / "lib" / "aarch64-linux-gnu"
+        lib.mkdir(parents=True)
+        (lib / "libtraceevent.a").write_bytes(_ar({"a.o": elf.build_minimal(machine=62)}))
+        return ["libtraceevent-dev_1.0_amd64.deb"]
+
+    monkeypatch.setattr(foreign, "download_and_unpack", download)
+    with pytest.raises(InfraError, match="not 64-bit AArch64"):
+        toolsimage.perf_sysroot(ARM64)
+    base = tmp_path / "foreign" / "arm64" / toolsimage.PERF_SYSROOT
+    assert not (base / "root").exists() and not (base / "packages.json").exists()
+
+
+def test_fetch_busybox_goes_through_the_foreign_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(tmp_path))
+    asked = []
+
+    def download(debian_arch, packages, root, *, step, log):
+        asked.append((debian_arch, list(packages), step))
+        (Path(root) / "bin").mkdir(parents=True)
+        (Path(root) / "bin" / "busybox").write_bytes(elf.build_minimal(machine=ARM64.elf_machine))
+        return ["busybox-static_1.35.0-4+b3_arm64.deb"]
+
+    monkeypatch.setattr(foreign, "download_and_unpack", download)
+    target = initramfs.fetch_busybox(ARM64)
+    assert target == tmp_path / "busybox" / "arm64" / "busybox" and os.access(target, os.X_OK)
+    assert asked == [("arm64", ["busybox-static"], "busybox-arm64")]
+    assert (target.parent / "source.txt").read_text() == "busybox-static_1.35.0-4+b3_arm64.deb\n"
+    assert initramfs.fetch_busybox(ARM64) == target and len(asked) == 1  # cached
 
 
 def _kb(tmp_path, arch=ARM64):
