@@ -119,6 +119,12 @@ def bench_tools(session: nox.Session) -> None:
     session.run("python", "-m", "harness.bench_tools", *session.posargs, external=True)
 
 
+@nox.session(name="bench-memory")
+def bench_memory(session: nox.Session) -> None:
+    """Benchmark 1 GiB virtio-mem grow/shrink under load against the idle guest: -- [ARCH ...] [--rounds N]."""
+    session.run("python", "-m", "harness.bench_memory", *session.posargs, external=True)
+
+
 @nox.session(name="bench-boot")
 def bench_boot(session: nox.Session) -> None:
     """Benchmark the boot test and boot-to-shell time against Debian's generic kernel."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 
 from ..console import GuestTimeout, scan_failures
 from ..errors import CheckFailed, InvalidArgument
@@ -72,72 +73,93 @@ def _start(guest: Guest, command: str, step: str) -> str:
     return guest.sh(f"{command} >/dev/null 2>&1 & echo $!", step=step).strip().splitlines()[-1]
 
 
-def stress(guest: Guest, ev: dict) -> None:
-    step = "memory-stress"
-    soak = int(guest.options.get("soak", 1))
-    plan = rounds(soak)
-    total0 = memtotal(guest, step)
-    hog_mib = int(total0 / 1024 * HOG_FRACTION)
-    ev.update(memtotal_kib_boot=total0, hog_mib=hog_mib, plan_mib=plan)
+@dataclass
+class Load:
+    """The background load of the stress rounds, running in the guest."""
+
+    pids: dict[str, str] = field(default_factory=dict)
+    cpu: int | None = None  # the vCPU taken offline and online in a loop
+    hog_mib: int = 0
+
+
+def start_load(guest: Guest, step: str, *, hog_mib: int) -> Load:
+    """memhog (anonymous memory rewritten in a loop), a block device read in a loop (page cache),
+    compaction requests, and a spare vCPU going offline and online."""
+    load = Load(hog_mib=hog_mib)
     present = cpu_list(guest.console.read(f"{SYS_CPU}/present", step=step))
     online = cpu_list(guest.console.read(f"{SYS_CPU}/online", step=step))
     spare = sorted(present - online)
-    pids: dict[str, str] = {}
+    out = guest.sh(f"memhog {hog_mib} > /tmp/memhog.out 2>&1 & echo $!", step=step).strip()
+    load.pids["memhog"] = out.splitlines()[-1]
+    guest.console.wait_until("grep -q 'memhog ready' /tmp/memhog.out", timeout=60, step=step,
+                             what=f"memhog to touch its {hog_mib} MiB")
+    dev = guest.sh("findfs LABEL=pgdata", step=step).strip()
+    load.pids["pagecache"] = _start(guest, f"sh -c 'while :; do dd if={dev} of=/dev/null bs=1M; done'", step)
+    load.pids["compact"] = _start(guest, "sh -c 'while :; do echo 1 > /proc/sys/vm/compact_memory; "
+                                         "usleep 200000; done'", step)
+    if spare:
+        load.cpu = spare[0]
+        load.pids["cpu"] = _start(guest, f"sh -c 'while :; do echo 1 > {SYS_CPU}/cpu{load.cpu}/online; "
+                                         f"usleep 100000; echo 0 > {SYS_CPU}/cpu{load.cpu}/online; usleep 100000; "
+                                         "done'", step)
+    return load
+
+
+def workload_alive(guest: Guest, load: Load, step: str) -> bool:
+    return guest.console.run(f"kill -0 {load.pids['memhog']}", step=step, check=False)[0] == 0
+
+
+def stop_load(guest: Guest, load: Load, step: str) -> None:
+    if load.pids:
+        guest.console.run(f"kill {' '.join(load.pids.values())} 2>/dev/null; wait 2>/dev/null; true", step=step,
+                          check=False, timeout=30)
+    if load.cpu is not None:
+        guest.console.run(f"echo 0 > {SYS_CPU}/cpu{load.cpu}/online", step=step, check=False, timeout=30)
+
+
+def stress(guest: Guest, ev: dict) -> None:
+    step = "memory-stress"
+    plan = rounds(int(guest.options.get("soak", 1)))
+    total0 = memtotal(guest, step)
+    hog_mib = int(total0 / 1024 * HOG_FRACTION)
+    ev.update(memtotal_kib_boot=total0, hog_mib=hog_mib, plan_mib=plan)
     guest.sh("dmesg -c > /dev/null", step=step)  # from here on, dmesg is this check's
+    load = Load()
+    records: list[dict] = []
     try:
-        out = guest.sh(f"memhog {hog_mib} > /tmp/memhog.out 2>&1 & echo $!", step=step).strip()
-        pids["memhog"] = out.splitlines()[-1]
-        guest.console.wait_until("grep -q 'memhog ready' /tmp/memhog.out", timeout=60, step=step,
-                                 what=f"memhog to touch its {hog_mib} MiB")
-        dev = guest.sh("findfs LABEL=pgdata 2>/dev/null || echo /dev/vda", step=step).strip()
-        pids["pagecache"] = _start(guest, f"sh -c 'while :; do dd if={dev} of=/dev/null bs=1M; done'", step)
-        pids["compact"] = _start(guest, "sh -c 'while :; do echo 1 > /proc/sys/vm/compact_memory; "
-                                        "usleep 200000; done'", step)
-        if spare:
-            cpu = spare[0]
-            pids["cpu"] = _start(guest, f"sh -c 'while :; do echo 1 > {SYS_CPU}/cpu{cpu}/online; usleep 100000; "
-                                        f"echo 0 > {SYS_CPU}/cpu{cpu}/online; usleep 100000; done'", step)
-            ev["cpu_toggled"] = cpu
-        ev["pids"] = dict(pids)
-        records = []
+        load = start_load(guest, step, hog_mib=hog_mib)
+        ev["pids"], ev["cpu_toggled"] = dict(load.pids), load.cpu
+        previous = 0
         for target in plan:
             rec = _resize(guest, target, step)
             records.append(rec)
+            ev["rounds"] = records
             LOG.info("[%s] round %s", step, rec)
-            grew = rec["target_mib"] >= (records[-2]["reached_mib"] if len(records) > 1 else 0)
+            grew = target >= previous
             if grew and rec["reached_mib"] != target:
-                ev["rounds"] = records
                 raise CheckFailed(f"grow to {target} MiB under load reached only {rec['reached_mib']} MiB in "
                                   f"{rec['seconds']}s", step=step)
             if not grew and rec["reached_mib"] < target:
-                ev["rounds"] = records
                 raise CheckFailed(f"shrink to {target} MiB left {rec['reached_mib']} MiB: below the request",
                                   step=step)
             rec["refused"] = rec["reached_mib"] != target
+            previous = rec["reached_mib"]
             expected = total0 + rec["reached_mib"] * 1024
             try:
                 rec["memtotal_seconds"] = round(wait_memtotal(guest, expected, step=step,
-                                                               what="MemTotal follows the device"), 2)
+                                                              what="MemTotal follows the device"), 2)
             except GuestTimeout:
-                ev["rounds"] = records
                 raise CheckFailed(f"after the round to {target} MiB MemTotal is {memtotal(guest, step)} kB, "
                                   f"not {expected} kB (boot {total0} + device {rec['reached_mib']} MiB)",
                                   step=step) from None
-            rc, _ = guest.console.run(f"kill -0 {pids['memhog']}", step=step, check=False)
-            if rc != 0:
-                ev["rounds"] = records
-                raise CheckFailed(f"the workload (memhog, pid {pids['memhog']}) was killed during the round to "
-                                  f"{target} MiB", step=step)
-        ev["rounds"] = records
+            if not workload_alive(guest, load, step):
+                raise CheckFailed(f"the workload (memhog, pid {load.pids['memhog']}) was killed during the round "
+                                  f"to {target} MiB", step=step)
         ev["seconds_per_round"] = [r["seconds"] for r in records]
         ev["blocks_removed"] = sum(r["blocks_removed"] for r in records)
         ev["refused"] = sum(1 for r in records if r["refused"])
     finally:
-        if pids:
-            guest.console.run(f"kill {' '.join(pids.values())} 2>/dev/null; wait 2>/dev/null; true", step=step,
-                              check=False, timeout=30)
-        for cpu in spare[:1]:
-            guest.console.run(f"echo 0 > {SYS_CPU}/cpu{cpu}/online", step=step, check=False, timeout=30)
+        stop_load(guest, load, step)
     dmesg = guest.sh("dmesg", step=step, timeout=60)
     bad = [ln for ln in dmesg.splitlines() if DMESG_BAD.search(ln)] or scan_failures(dmesg)
     if bad:
