@@ -18,7 +18,7 @@ from typing import Callable
 import pexpect
 import pexpect.fdpexpect
 
-from .errors import CheckFailed, HarnessError, KernelError
+from .errors import CheckFailed, HarnessError, InfraError, KernelError
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ FAILURE_RE = re.compile("(" + "|".join(FAILURE_PATTERNS) + ")[^\r\n]*")
 REPORT_END_RE = re.compile(r"---\[ end [^\r\n]*")
 REPORT_COLLECT_SECONDS = 3.0
 TAIL_LINES = 30
+MAX_COMMAND = 512  # characters in one command line sent to the guest's shell
 
 
 class GuestCrashed(KernelError):
@@ -138,6 +139,10 @@ class Console:
             watch: bool = True) -> tuple[int, str]:
         """Run a shell command in the guest; return (exit status, output). ``check`` raises
         CheckFailed on a non-zero status (the guest refused something the kernel should do)."""
+        if len(command) > MAX_COMMAND:
+            # A virtio console (hvc0) loses input past about a thousand characters in one go.
+            raise InfraError(f"harness bug: a {len(command)}-character command line for the guest console "
+                             f"(at most {MAX_COMMAND}): {command[:80]}...", step=step)
         n = next(self._seq)
         # The quotes split the markers in the echoed command line, so only the real output matches.
         # One line: nothing else is in flight while it runs, so tty echo cannot split its output.

@@ -117,8 +117,8 @@ def running_config(guest: Guest, ev: dict) -> None:
     if rc != 0:
         raise CheckFailed("the kernel has no /proc/config.gz (IKCONFIG_PROC), so it cannot show its contract",
                           step=step)
-    pattern = "|".join(symbols)
-    out = guest.sh(f"zcat /proc/config.gz | grep -E '^(# )?CONFIG_({pattern})[= ]'; true", step=step, timeout=60)
+    # The set options only (absent means n): a short command line, whatever the contract holds.
+    out = guest.sh("zcat /proc/config.gz | grep '^CONFIG_'", step=step, timeout=120)
     have = parse_config_text(out)
     ev["options_checked"] = len(symbols)
     wrong = []

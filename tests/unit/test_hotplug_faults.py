@@ -52,3 +52,16 @@ def test_stress_rounds_and_soak():
     with pytest.raises(InvalidArgument):
         memory_stress.rounds(0)
 
+
+
+def test_guest_side_grep_pattern_cannot_trip_the_console_watcher():
+    import re
+
+    from harness.checks.memory_stress import DMESG_BAD, guest_pattern
+    from harness.console import FAILURE_RE
+
+    pattern = guest_pattern(DMESG_BAD)
+    assert not FAILURE_RE.search(pattern)  # the echoed command line is not a "kernel failure"
+    for line in ("BUG: kernel NULL pointer dereference", "Out of memory: Killed process 7 (memhog)",
+                 "kworker/0:1: page allocation failure: order:0", "WARNING: CPU: 1 PID: 7 at mm/x.c:1"):
+        assert re.search(pattern, line), line

@@ -173,7 +173,7 @@ def test_download_and_unpack_uses_a_private_apt_state(tmp_path, monkeypatch):
                                        step="t", log=tmp_path / "log")
     assert debs == ["libtraceevent-dev_1.0_arm64.deb", "zlib1g-dev_1.0_arm64.deb"]
     apt = tmp_path / "foreign" / "arm64" / "apt"
-    opts = [f"-oAPT::Architecture=arm64", "-oAPT::Architectures=arm64", f"-oDir::State::Lists={apt}/lists",
+    opts = ["-oAPT::Architecture=arm64", "-oAPT::Architectures=arm64", f"-oDir::State::Lists={apt}/lists",
             f"-oDir::Cache={apt}/cache"]
     assert calls[0] == ["apt-get", *opts, "update"]
     assert calls[1] == ["apt-get", *opts, "download", "libtraceevent-dev", "zlib1g-dev"]
