@@ -118,6 +118,7 @@ class Console:
         if watch and idx == 1:
             first = self.child.match.group(0).strip()
             self._collect_report()
+            first = self._whole_line(first)
             if first.startswith("Kernel panic"):
                 self.crashed = first
             raise GuestCrashed(f"kernel reported {first!r} while waiting for {what or regex.pattern}",
@@ -126,6 +127,14 @@ class Console:
             raise self.on_eof()
         raise GuestTimeout(f"timed out after {limit:.0f}s waiting for {what or repr(regex.pattern)}", step=step,
                            log=self.log, tail=self.tail())
+
+    def _whole_line(self, start: str) -> str:
+        """The failure line as the console finished printing it (the match may have cut it short)."""
+        for line in reversed(self.tail(200)):
+            i = line.find(start)
+            if i >= 0:
+                return line[i:].strip()
+        return start
 
     def _collect_report(self) -> None:
         """Read the rest of a kernel failure report (up to its end marker, bounded) into the log."""

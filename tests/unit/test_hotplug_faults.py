@@ -65,3 +65,25 @@ def test_guest_side_grep_pattern_cannot_trip_the_console_watcher():
     for line in ("BUG: kernel NULL pointer dereference", "Out of memory: Killed process 7 (memhog)",
                  "kworker/0:1: page allocation failure: order:0", "WARNING: CPU: 1 PID: 7 at mm/x.c:1"):
         assert re.search(pattern, line), line
+
+
+def test_stress_dmesg_classification_catches_a_real_oops_and_oom():
+    from harness.checks.memory_stress import DMESG_BAD
+    from harness.layout import FIXTURES
+
+    oops = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")
+    assert any(DMESG_BAD.search(line) for line in oops.splitlines())
+    assert DMESG_BAD.search("[  12.3] Out of memory: Killed process 77 (memhog)")
+    assert DMESG_BAD.search("[  12.3] kworker/u8:1: page allocation failure: order:0, mode:0xcc0")
+    assert not DMESG_BAD.search("[  12.3] virtio_mem virtio2: plugged size: 0x10000000")
+
+
+def test_the_real_hot_add_oops_is_a_console_failure():
+    """The unpatched kernel's oops (captured from a real run) is what the console watcher reports."""
+    from harness.console import scan_failures
+    from harness.layout import FIXTURES
+
+    text = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")
+    bad = scan_failures(text)
+    assert bad and bad[0].startswith("BUG: kernel NULL pointer dereference")
+    assert "RIP: 0010:phys_pmd_init" in text and "init_memory_mapping" in text
