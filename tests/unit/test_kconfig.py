@@ -275,3 +275,29 @@ def test_install_copies_only_a_changed_config(tmp_path):
     src.write_text("CONFIG_A=m\n")
     assert kconfig.install(src, dest) is True and dest.read_text() == "CONFIG_A=m\n"
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no temporary left
+
+
+def test_variants_extend_each_other(tmp_path):
+    path = tmp_path / "variants.toml"
+    path.write_text('[a]\nbase = "tinyconfig"\nfragments = ["base"]\nbase_arch = { arm64 = "defconfig virt.config" }\n'
+                    '[b]\nextends = "a"\nadd_fragments = ["x"]\nsuffix = "-b"\npatches = false\n'
+                    '[c]\nextends = "b"\nadd_fragments = ["y"]\ncontract = true\n')
+    v = kconfig.load_variants(path)
+    assert v["b"].fragments == ("base", "x") and v["b"].suffix == "-b" and not v["b"].patches
+    assert v["c"].fragments == ("base", "x", "y") and v["c"].contract and not v["c"].patches
+    assert v["c"].base_targets(get_arch("arm64")) == ["defconfig", "virt.config"]
+    assert v["c"].base_targets(AMD64) == ["tinyconfig"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[a]\nextends = "nope"\n', "extends unknown 'nope'"),
+    ('[a]\nextends = "b"\n[b]\nextends = "a"\n', "in a loop"),
+    ('[a]\nbase = "tinyconfig"\nfragments = []\nfragmnets = []\n', "unknown key(s) fragmnets"),
+    ('[a]\nfragments = []\n', "needs 'base' and 'fragments'"),
+])
+def test_bad_variants_are_refused(tmp_path, text, message):
+    path = tmp_path / "variants.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument) as err:
+        kconfig.load_variants(path)
+    assert message in str(err.value)
