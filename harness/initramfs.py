@@ -33,6 +33,7 @@ READY_MARKER = "@@NEONVM-TEST-INIT-READY@@"
 POWER_MARKER = "@@NEONVM-POWER-BUTTON@@"
 PROBE_SOURCE = Path(__file__).resolve().parent / "probe" / "contract-probe.c"
 MEMHOG_SOURCE = PROBE_SOURCE.with_name("memhog.c")
+CONTRACT_PATTERNS = "/etc/contract-options"  # grep -f patterns: the contract's options in a .config
 HOST_BUSYBOX = Path("/bin/busybox")  # from the busybox-static package (configs/host-packages.txt)
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -82,6 +83,15 @@ poweroff -f
 
 DIRS = ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "mnt", "proc", "root", "sbin", "sys", "tmp", "usr",
         "usr/bin", "usr/sbin")
+
+
+def contract_patterns() -> str:
+    """One grep pattern per option of configs/contract.toml (every arch): the contract-config check
+    reads only these lines of /proc/config.gz, so little has to cross the console."""
+    from . import contract
+
+    symbols = sorted({o for c in contract.load().capabilities for o in c.options})
+    return "".join(f"^CONFIG_{s}=\n" for s in symbols)
 
 
 def _usable_busybox(path: Path, arch: Arch) -> bool:
@@ -148,6 +158,7 @@ def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
     _compile(arch, PROBE_SOURCE.read_text(), root / "bin" / "contract-probe", log)
     _compile(arch, MEMHOG_SOURCE.read_text(), root / "bin" / "memhog", log)
     (root / "etc" / "acpi" / "PWRF" / "00000080").write_text(POWER_SCRIPT)
+    (root / CONTRACT_PATTERNS.lstrip("/")).write_text(contract_patterns())
     try:
         os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
     except PermissionError:

@@ -7,6 +7,9 @@
   one place, so that ``--dry-run`` prints exactly what would run.
 * :class:`Vm` is a context manager: the harness listens on the console and QMP sockets before
   QEMU starts, QEMU connects to them, and QEMU is always torn down. Its stdout/stderr go to a log.
+  ``Vm(..., incoming=True)`` is a live-migration destination, started like the NeonVM runner's
+  target: the very same argv plus ``-incoming`` on a Unix socket in its own run directory
+  (:attr:`Vm.migration_uri`), its own console, QMP and logs.
 * :class:`Qmp` drives QMP through ``qemu.qmp.QMPClient`` on a private asyncio loop: every command
   and every event wait has a deadline.
 """
@@ -153,11 +156,14 @@ def kernel_cmdline(spec: VmSpec) -> str:
 
 
 def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, log_port: Path | str,
-              early_log: Path | str) -> list[str]:
+              early_log: Path | str, incoming: str | None = None) -> list[str]:
     """The QEMU command line, shaped like the NeonVM runner's. The one place it is built.
 
     ``log_port`` receives what the guest writes to the runner's log port (tech.neon.log.0);
     ``early_log`` what the first UART prints where the console is a virtconsole (earlycon).
+    ``incoming`` (a migration URI such as ``unix:/run/x/migrate.sock``) makes it a live-migration
+    destination, like the runner's target pod: the same machine, devices and drives (QEMU opens the
+    images inactive and takes their locks over when the migration completes) plus ``-incoming``.
     """
     arch = spec.arch
     cpu = arch.qemu_cpu_kvm if spec.accel.name == "kvm" else arch.qemu_cpu_tcg
@@ -198,6 +204,8 @@ def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, l
     if spec.data_disk:
         argv += ["-drive", f"id={DATA_DRIVE_ID},file={spec.data_disk},if=none,format=raw",
                  "-device", f"virtio-blk-pci,drive={DATA_DRIVE_ID},id={DATA_DRIVE_ID}-blk"]
+    if incoming:
+        argv += ["-incoming", incoming]
     return argv
 
 
@@ -302,6 +310,7 @@ class Vm:
     spec: VmSpec
     log_dir: Path
     tag: str = "boot"
+    incoming: bool = False  # a live-migration destination: waits for the guest on migration_uri
     console: Console | None = field(default=None, init=False)
     qmp: Qmp | None = field(default=None, init=False)
     proc: subprocess.Popen | None = field(default=None, init=False)
@@ -332,7 +341,20 @@ class Vm:
     def argv(self, rundir: Path | str) -> list[str]:
         rundir = Path(rundir)
         return qemu_argv(self.spec, console_sock=rundir / "console.sock", qmp_sock=rundir / "qmp.sock",
-                         log_port=self.log_port_log, early_log=self.early_log)
+                         log_port=self.log_port_log, early_log=self.early_log,
+                         incoming=self.incoming_uri(rundir) if self.incoming else None)
+
+    @staticmethod
+    def incoming_uri(rundir: Path | str) -> str:
+        """Where a destination listens for the migration stream (a socket in its own run directory)."""
+        return f"unix:{Path(rundir) / 'migrate.sock'}"
+
+    @property
+    def migration_uri(self) -> str:
+        """The URI to give the source's QMP ``migrate``; only for a launched ``incoming`` Vm."""
+        if not self.incoming or self._rundir is None:
+            raise InfraError(f"VM {self.tag} is not a launched migration destination", step="migration")
+        return self.incoming_uri(self._rundir)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Vm":
@@ -393,9 +415,19 @@ class Vm:
         raise InfraError(f"QEMU did not connect its console within {timeout:.0f}s", step="qemu", log=self.qemu_log)
 
     def _qemu_last_line(self) -> str:
-        self._qemu_logfh.flush()
-        lines = [ln for ln in self.qemu_log.read_text(errors="replace").splitlines()[1:] if ln.strip()]
-        return lines[-1].strip()[:300] if lines else ""
+        lines = self.qemu_tail(1)
+        return lines[-1][:300] if lines else ""
+
+    def qemu_tail(self, n: int = 5) -> list[str]:
+        """The last lines QEMU itself printed (its stderr/stdout log, without the argv line)."""
+        if self._qemu_logfh is not None and not self._qemu_logfh.closed:
+            self._qemu_logfh.flush()
+        try:
+            text = self.qemu_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.startswith("### QEMU exit")]
+        return lines[-n:]
 
     def lost_error(self) -> HarnessError:
         """The error for a console or QMP connection that closed under us.

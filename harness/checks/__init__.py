@@ -37,6 +37,10 @@ class Guest:
     data_disk: Path | None = None  # the runner-shaped Postgres data disk attached to the VM
     powered_off: bool = False  # set by the check that powers the guest off (it runs last)
     options: dict = field(default_factory=dict)  # check parameters from the command line (e.g. soak)
+    # Every QEMU started for this guest, the boot VM first (the migration check adds its
+    # destinations); boottest tears them all down whatever happened (teardown()).
+    vms: list = field(default_factory=list)
+    lost: str = ""  # why the guest is gone (a migration completed to a destination that does not run)
 
     @property
     def console(self):
@@ -45,6 +49,28 @@ class Guest:
     @property
     def qmp(self):
         return self.vm.qmp
+
+    def adopt(self, vm):
+        """Own another QEMU (before it is launched, so a half-started one is torn down too)."""
+        self.vms.append(vm)
+        return vm
+
+    def switch_to(self, vm) -> None:
+        """The guest now runs in ``vm`` (a migration destination): console, QMP and logs are its."""
+        if vm not in self.vms:
+            self.vms.append(vm)
+        self.vm = vm
+
+    def teardown(self) -> list[str]:
+        """Stop every QEMU this guest owns, newest first; the problems, if any (never raises)."""
+        problems = []
+        for vm in reversed(self.vms):
+            try:
+                vm.shutdown()
+            except Exception as exc:  # keep tearing the others down
+                LOG.warning("teardown of %s failed: %s", getattr(vm, "tag", vm), exc)
+                problems.append(f"{getattr(vm, 'tag', vm)}: {exc}")
+        return problems
 
     def sh(self, command: str, *, step: str, timeout: float = 10, check: bool = True) -> str:
         return self.console.run(command, step=step, timeout=timeout, check=check)[1]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .. import contract as contract_mod
 from ..console import GuestTimeout
 from ..errors import CheckFailed, InfraError
-from ..initramfs import POWER_MARKER
+from ..initramfs import CONTRACT_PATTERNS, POWER_MARKER
 from ..vm import GUEST_HOSTNAME, GUEST_IP, GUEST_NETDEV, LOG_PORT_NAME
 from . import Check, Guest, Skip
 from .tools_in_guest import mounted_tools
@@ -117,9 +117,15 @@ def running_config(guest: Guest, ev: dict) -> None:
     if rc != 0:
         raise CheckFailed("the kernel has no /proc/config.gz (IKCONFIG_PROC), so it cannot show its contract",
                           step=step)
-    # The set options only (absent means n): a short command line, whatever the contract holds.
-    out = guest.sh("zcat /proc/config.gz | grep '^CONFIG_'", step=step, timeout=120)
-    have = parse_config_text(out)
+    # Only the contract's options that are set (absent means n), through a patterns file in the
+    # initramfs: a short command line and a short answer. The count guards against lost output.
+    out = guest.sh(f"zcat /proc/config.gz | grep -f {CONTRACT_PATTERNS} > /tmp/contract.cfg; "
+                   "wc -l < /tmp/contract.cfg; cat /tmp/contract.cfg", step=step, timeout=120)
+    first, _, rest = out.strip().partition("\n")
+    have = parse_config_text(rest)
+    if not first.strip().isdigit() or int(first) != len(have):
+        raise InfraError(f"the console lost output: the guest found {first.strip()!r} contract lines, "
+                         f"{len(have)} arrived", step=step)
     ev["options_checked"] = len(symbols)
     wrong = []
     for cap in caps:

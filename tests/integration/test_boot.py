@@ -1,7 +1,8 @@
 """Real boots of the smoke kernels under QEMU (TCG here), and the boot test's negative cases.
 
-Budget: one boot per arch serves every check; the negatives add five short boots (about two
-minutes in all under TCG on two cores)."""
+Budget: one boot per arch serves every check (the migration check adds two destination QEMUs and
+about a minute per arch: a resize in flight waits for the guest driver's 50 s retry); the negatives
+add six short boots (about two minutes in all under TCG on two cores)."""
 from __future__ import annotations
 
 import json
@@ -69,11 +70,38 @@ def assert_contract(checks: dict[str, dict]) -> None:
     assert list(checks)[-1] == "contract-powerdown"  # it ends the VM, so it runs last
 
 
+def assert_migration(checks: dict[str, dict], out: Path) -> None:
+    """Two live migrations, 512 MiB + 256 MiB plugged; every later check ran in the last destination."""
+    mig = checks["migration"]
+    assert mig["status"] == "pass", mig["reason"]
+    ev = mig["evidence"]
+    assert ev["final_vm"] == "boot.dest2"
+    for n, (src, dst) in ((1, ("boot", "boot.dest1")), (2, ("boot.dest1", "boot.dest2"))):
+        r = ev[f"round{n}"]
+        assert (r["from"], r["to"], r["status"]) == (src, dst, "completed")
+        assert (r["source_status"], r["dest_status"]) == ("postmigrate", "running")
+        assert r["total_ms"] > 0 and r["downtime_ms"] >= 0 and r["setup_ms"] >= 0 and r["transferred_mib"] > 0
+        assert abs(r["clock_offset_change_s"]) <= r["clock_allowed_s"] and r["new_dmesg_failures"] == []
+        assert r["device_size_mib_after"] == 256 and r["shrunk_device_size"] == 0
+        for log in ("console", "qemu"):
+            assert (out / "boot" / f"{dst}.{log}.log").stat().st_size > 0
+    r1, r2 = ev["round1"], ev["round2"]
+    assert r1["memtotal_kib_after"] == r1["memtotal_kib_before"] and r1["device_size_mib_before"] == 256
+    assert r2["requested_mib_in_flight"] == 256 and r2["memtotal_kib_after"] == r2["memtotal_kib_before"] + 256 * 1024
+    # The log port check wrote through the last destination's chardev, so it ran there.
+    assert checks["contract-log-port"]["evidence"]["host_file"].endswith("boot.dest2.logport.log")
+
+
 def test_boot_test_amd64(smoke_tools):
     out = smoke_tools["amd64"]
     checks = assert_full_run(AMD64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
-                                          "acpi-dimm", "ptp-kvm-builtin", *CONTRACT_CHECKS})
+                                          "acpi-dimm", "migration", "ptp-kvm-builtin", *CONTRACT_CHECKS})
     assert_contract(checks)
+    assert_migration(checks, out)
+    assert checks["migration"]["evidence"]["round1"]["replayed_on_destination"] == [
+        "pc-dimm dimm0 (memory-backend-ram 128 MiB)"]  # acpi-dimm's DIMM, replayed like NeonVM's controller
+    names = list(checks)
+    assert names.index("migration") < names.index("cpu-qmp")  # vCPU hotplug in the migrated VM
     qmp = checks["cpu-qmp"]
     assert qmp["status"] == "pass", qmp["reason"]  # under TCG too: online-capable FACP/APIC from the initrd
     assert qmp["evidence"]["seconds_plug_to_online"] > 0
@@ -92,9 +120,10 @@ def test_boot_test_amd64(smoke_tools):
 def test_boot_test_arm64(smoke_tools):
     out = smoke_tools["arm64"]
     checks = assert_full_run(ARM64, out, {"boot", "kernelrelease", "dmesg", "cpu-sysfs", "virtio-mem",
-                                          "ptp-kvm-builtin", *CONTRACT_CHECKS})
+                                          "migration", "ptp-kvm-builtin", *CONTRACT_CHECKS})
     assert_contract(checks)
-    assert checks["contract-rtc"]["evidence"]["rtc_name"] == "rtc-efi"
+    assert_migration(checks, out)
+    assert checks["contract-rtc"]["evidence"]["rtc_name"].split()[0] == "rtc-efi"  # 6.12: "rtc-efi rtc-efi.0"
     assert "cpu-qmp" not in checks and "acpi-dimm" not in checks
 
 
@@ -187,6 +216,31 @@ def test_qemu_dying_mid_test_is_an_infrastructure_error(smoke_build, tmp_path, h
     assert result.status == "error", result.reason
     assert "QEMU went away" in result.reason
     assert time.monotonic() - start < 15
+
+
+def test_migration_to_a_mismatched_destination_fails_with_qemus_error(smoke_build, tmp_path, monkeypatch):
+    """A destination whose virtio-mem backend differs refuses the stream: a failure carrying QEMU's
+    error-desc and the destination's own error lines; the guest stays in the source, whose later
+    checks still pass, and no QEMU is left behind."""
+    from harness import vm as vmmod
+
+    real = vmmod.qemu_argv
+
+    def argv(spec, **kw):
+        a = real(spec, **kw)
+        return [x.replace("size=1024M", "size=512M") for x in a] if kw.get("incoming") else a
+
+    monkeypatch.setattr(vmmod, "qemu_argv", argv)
+    out = smoke_build["amd64"]
+    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
+                                                results_dir=tmp_path, only=["migration", "contract-rtc"])}
+    mig = results["migration"]
+    assert mig.status == "fail", mig.reason
+    assert "migration to boot.dest1 failed: " in mig.reason and mig.evidence["round1"]["error_desc"]
+    assert any("Size mismatch" in ln and "vmem0-mem" in ln for ln in mig.evidence["console_tail"])
+    assert mig.evidence["round1"]["source_status_after"] == "running"
+    assert results["contract-rtc"].status == "pass"  # in the source, which resumed
+    assert (tmp_path / "boot.dest1.qemu.log").read_text().rstrip().endswith("### QEMU exit status 1")
 
 
 def test_qemu_that_cannot_start_is_an_infrastructure_error(tmp_path, monkeypatch):

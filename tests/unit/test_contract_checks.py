@@ -95,10 +95,12 @@ def test_running_config_must_carry_the_contract():
     contract = cc._contract()
     lines = [f"CONFIG_{o}={v}" if v != "n" else f"# CONFIG_{o} is not set"
              for c in contract.for_arch("arm64") for o, v in c.options.items()]
-    ok = "\n".join(lines)
+    set_lines = [ln for ln in lines if not ln.startswith("#")]  # what grep -f returns
+    ok = f"{len(set_lines)}\n" + "\n".join(set_lines)
     answers = [(r"\[ -r /proc/config.gz \]", (0, "")), (r"zcat /proc/config.gz", (0, ok))]
     assert run_check(Check("contract-config", cc.running_config), guest(answers, ARM64)).status == "pass"
-    bad = ok.replace("CONFIG_RTC_DRV_EFI=y", "# CONFIG_RTC_DRV_EFI is not set")
+    kept = [ln for ln in set_lines if ln != "CONFIG_RTC_DRV_EFI=y"]
+    bad = f"{len(kept)}\n" + "\n".join(kept)
     answers = [(r"\[ -r /proc/config.gz \]", (0, "")), (r"zcat /proc/config.gz", (0, bad))]
     r = run_check(Check("contract-config", cc.running_config), guest(answers, ARM64))
     assert r.status == "fail" and "CONFIG_RTC_DRV_EFI=n" in r.reason and "wall clock (arm64)" in r.reason
@@ -125,3 +127,17 @@ def test_every_probe_item_is_a_proof_of_some_capability():
     contract = cc._contract()
     proofs = {p for c in contract.capabilities for p in c.proven_by}
     assert {f"probe:{i}" for i in cc.PROBE_ITEMS} - {"probe:prjquota"} <= proofs
+
+
+def test_running_config_output_lost_on_the_console_is_an_error_not_a_verdict():
+    answers = [(r"\[ -r /proc/config.gz \]", (0, "")), (r"zcat /proc/config.gz", (0, "70\nCONFIG_QUOTA=y"))]
+    r = run_check(Check("contract-config", cc.running_config), guest(answers, ARM64))
+    assert r.status == "error" and "lost output" in r.reason
+
+
+def test_initramfs_patterns_cover_every_contract_option():
+    from harness.initramfs import contract_patterns
+
+    patterns = contract_patterns().splitlines()
+    assert "^CONFIG_ADVISE_SYSCALLS=" in patterns and "^CONFIG_RTC_DRV_EFI=" in patterns
+    assert len(patterns) == len({o for c in cc._contract().capabilities for o in c.options})
