@@ -54,7 +54,7 @@ def smoke_build() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def negative_build() -> dict[str, Path]:
-    """{arch: OUT dir} of the negative smoke kernel: no virtio-mem, no madvise (negative boot tests)."""
+    """{arch: OUT dir} of the negative kernel: hotplug-faults without the series and without madvise."""
     return _LazyBuilds("negative")
 
 
@@ -74,8 +74,3 @@ def faults_build() -> dict[str, Path]:
     """{arch: OUT dir} of the smoke kernel with page-allocation fault injection (and the series)."""
     return _LazyBuilds("hotplug-faults")
 
-
-@pytest.fixture(scope="session")
-def faults_unpatched_build() -> dict[str, Path]:
-    """{arch: OUT dir} of the same kernel built without the patch series."""
-    return _LazyBuilds("hotplug-faults-unpatched")

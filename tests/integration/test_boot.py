@@ -172,20 +172,9 @@ def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
     assert "virtio-mem" in results["virtio-mem"].reason
 
 
-def test_our_kernel_built_without_virtio_mem_fails_the_check(negative_build, tmp_path):
-    """The smoke kernel with CONFIG_VIRTIO_MEM off (variant negative): a failure, never a skip."""
-    out = negative_build["amd64"]
-    assert "CONFIG_VIRTIO_MEM=y" not in (out / "config").read_text()
-    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
-                                                results_dir=tmp_path, only=["kernelrelease", "virtio-mem"])}
-    assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
-    assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
-    assert "no virtio-mem driver" in results["virtio-mem"].reason
-
-
 def test_our_kernel_built_without_madvise_fails_the_contract(negative_build, tmp_path):
-    """The same negative kernel has no ADVISE_SYSCALLS: the contract check names the capability and
-    the NeonVM component that needs it."""
+    """The negative kernel has no ADVISE_SYSCALLS: the contract check names the capability and the
+    NeonVM component that needs it."""
     out = negative_build["amd64"]
     assert "CONFIG_ADVISE_SYSCALLS=y" not in (out / "config").read_text()
     results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),

@@ -1,6 +1,6 @@
 """The memory hot-add series, proven by fault injection on real kernels (amd64 smoke + fault injection):
-with the series the failed hot-add is clean and the plug succeeds afterwards; without it the same
-check catches the kernel's NULL dereference."""
+with the series the failed hot-add is clean and the plug succeeds afterwards; without it (the
+`negative` variant) the same check catches the kernel's NULL dereference."""
 from __future__ import annotations
 
 import json
@@ -34,8 +34,8 @@ def test_patched_kernel_fails_the_hot_add_cleanly_then_plugs(faults_build, tmp_p
     assert r.evidence["replugged_device_size"] == 256 << 20
 
 
-def test_unpatched_kernel_oopses_and_the_check_sees_it(faults_unpatched_build, tmp_path):
-    out = faults_unpatched_build["amd64"]
+def test_unpatched_kernel_oopses_and_the_check_sees_it(negative_build, tmp_path):
+    out = negative_build["amd64"]
     assert json.loads((out / "manifest.json").read_text())["patches"] == []
     results = _run(out, tmp_path)
     assert results["boot"].status == "pass", results["boot"].reason
