@@ -117,7 +117,7 @@ def workload_alive(guest: Guest, load: Load, step: str) -> bool:
 
 def stop_load(guest: Guest, load: Load, step: str) -> None:
     if load.pids:
-        guest.console.run(f"kill {' '.join(load.pids.values())} 2>/dev/null; wait 2>/dev/null; true", step=step,
+        guest.console.run(f"kill -9 {' '.join(load.pids.values())} 2>/dev/null; true", step=step,
                           check=False, timeout=30)
     if load.cpu is not None:
         guest.console.run(f"echo 0 > {SYS_CPU}/cpu{load.cpu}/online", step=step, check=False, timeout=30)
