@@ -8,8 +8,8 @@ memory. With the series the hot-add fails cleanly (virtio-mem logs ``adding memo
 and the guest carries on); without it the guest dereferences NULL, which the console watcher
 reports as the failure. Once injection stops, the same plug must succeed.
 
-Opt-in (``--only hotplug-faults``): it needs a kernel with fault injection, the ``hotplug-faults``
-variants.
+Opt-in (``--only hotplug-faults``): it needs a kernel with fault injection (the amd64 ``smoke``
+and ``negative`` variants; configs/fragments/debug/faults-amd64.config).
 """
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def faults(guest: Guest, ev: dict) -> None:
     step = "hotplug-faults"
     rc, _ = guest.console.run(f"[ -w {FAIL_DIR}/probability ]", step=step, check=False)
     if rc != 0:
-        raise CheckFailed(f"{FAIL_DIR} is missing: the kernel has no page-allocation fault injection (build the "
-                          "hotplug-faults variant)", step=step)
+        raise CheckFailed(f"{FAIL_DIR} is missing: the kernel has no page-allocation fault injection (the amd64 "
+                          "smoke and negative variants have it)", step=step)
     near = guest.sh(f"grep ' [tT] ' /proc/kallsyms | sort | grep -A1 ' {TARGET}$'", step=step, timeout=120)
     start, end = symbol_range(near, TARGET)
     ev["filter"] = f"{TARGET} [{start:#x}, {end:#x})"

@@ -54,7 +54,7 @@ def smoke_build() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def negative_build() -> dict[str, Path]:
-    """{arch: OUT dir} of the negative kernel: hotplug-faults without the series and without madvise."""
+    """{arch: OUT dir} of the negative kernel: smoke without the patch series and without madvise."""
     return _LazyBuilds("negative")
 
 
@@ -67,10 +67,4 @@ def smoke_tools(smoke_build) -> dict[str, Path]:
     for arch in ARCHES:
         toolsimage.build_tools_image(get_arch(arch), smoke_build[arch], jobs=2)
     return {arch: smoke_build[arch] for arch in ARCHES}
-
-
-@pytest.fixture(scope="session")
-def faults_build() -> dict[str, Path]:
-    """{arch: OUT dir} of the smoke kernel with page-allocation fault injection (and the series)."""
-    return _LazyBuilds("hotplug-faults")
 

@@ -113,7 +113,9 @@ def test_negative_variant_drops_what_its_tests_need_dropped():
     assert req["CONFIG_ADVISE_SYSCALLS"].value == "n" and req["CONFIG_FAIL_PAGE_ALLOC"].value == "y"
     assert req["CONFIG_VIRTIO_MEM"].value == "y"  # the fault-injection check plugs memory with it
     assert not VARIANTS["negative"].contract and not VARIANTS["negative"].patches
-    assert VARIANTS["hotplug-faults"].patches and VARIANTS["hotplug-faults"].contract
+    assert VARIANTS["smoke"].patches and VARIANTS["smoke"].contract
+    assert VARIANTS["smoke"].requests(ARCHES["amd64"])["CONFIG_FAIL_PAGE_ALLOC"].value == "y"
+    assert "CONFIG_FAIL_PAGE_ALLOC" not in VARIANTS["smoke"].requests(ARCHES["arm64"])
 
 
 def test_every_proof_names_a_known_check_or_probe_item():
