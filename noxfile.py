@@ -87,8 +87,9 @@ def inspect_tools(session: nox.Session) -> None:
 
 @nox.session(name="boot-test")
 def boot_test(session: nox.Session) -> None:
-    """Boot the built kernel under QEMU and check hotplug, ptp_kvm and tools.img: -- ARCH [opts]."""
-    arch, rest = _arch_arg(session, "[--dry-run] [--accel auto|kvm|tcg] [--only CHECK ...]")
+    """Boot the built kernel under QEMU: hotplug, stress, migration, contract, ptp_kvm, tools.img: -- ARCH [opts]."""
+    arch, rest = _arch_arg(session, "[--variant V] [--dry-run] [--accel auto|kvm|tcg] [--only CHECK ...] "
+                                    "[--soak N] [--require-tools] [--no-acpi-override]")
     _harness(session, "boot-test", arch, *rest)
 
 
