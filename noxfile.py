@@ -111,22 +111,22 @@ def compare_config(session: nox.Session) -> None:
 @nox.session(name="bench-build")
 def bench_build(session: nox.Session) -> None:
     """Benchmark the build: harness overhead vs plain make, warm-ccache rebuild, no-op rebuild."""
-    session.run("python", "-m", "harness.bench_build", *session.posargs, external=True)
+    session.run("python", "-m", "harness.benchmarks.build", *session.posargs, external=True)
 
 
 @nox.session(name="bench-tools")
 def bench_tools(session: nox.Session) -> None:
     """Benchmark tools.img inspection against a bare libguestfs launch."""
-    session.run("python", "-m", "harness.bench_tools", *session.posargs, external=True)
+    session.run("python", "-m", "harness.benchmarks.tools", *session.posargs, external=True)
 
 
 @nox.session(name="bench-memory")
 def bench_memory(session: nox.Session) -> None:
     """Benchmark 1 GiB virtio-mem grow/shrink under load against the idle guest: -- [ARCH ...] [--rounds N]."""
-    session.run("python", "-m", "harness.bench_memory", *session.posargs, external=True)
+    session.run("python", "-m", "harness.benchmarks.memory", *session.posargs, external=True)
 
 
 @nox.session(name="bench-boot")
 def bench_boot(session: nox.Session) -> None:
     """Benchmark the boot test and boot-to-shell time against Debian's generic kernel."""
-    session.run("python", "-m", "harness.bench_boot", *session.posargs, external=True)
+    session.run("python", "-m", "harness.benchmarks.boot", *session.posargs, external=True)

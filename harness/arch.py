@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UnsupportedArch
+from harness.errors import UnsupportedArch
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Arch:
     hotadd_fault_check: bool  # the memory hot-add series (x86 direct mapping) and its fault-injection proof
     boot_timeout_tcg: int  # seconds from QEMU start to a shell, under TCG
     boot_timeout_kvm: int
-    boot_test_budget_tcg: float  # seconds the whole boot test may take under TCG (harness.bench_boot)
+    boot_test_budget_tcg: float  # seconds the whole boot test may take under TCG (harness.benchmarks.boot)
     uname_machine: str  # `uname -m` of a host that can run this arch's guests under KVM
     kvm_host_cpu_flags: tuple[str, ...]  # one of these /proc/cpuinfo flags proves hardware virtualisation
     kvm_host_modules: tuple[str, ...]  # one of these must be loaded (/sys/module/NAME): () = built in

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from . import elf, layout, proc
-from .arch import Arch
-from .errors import InfraError, Locked
+from harness.tools import elf
+from harness import fsutil, layout, proc
+from harness.arch import Arch
+from harness.errors import InfraError, Locked
 
 LOG = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def unpacked(arch: Arch, name: str, packages: Sequence[str], *, verify: Callable
             if root.exists():
                 shutil.rmtree(root)
             os.replace(new_root, root)
-        layout.atomic_write_json(stamp, {"packages": list(packages), "debs": debs})
+        fsutil.atomic_write_json(stamp, {"packages": list(packages), "debs": debs})
     LOG.info("unpacked %s for %s into %s", ", ".join(debs), arch.name, root)
     return Unpacked(root, tuple(debs))
 

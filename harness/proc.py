@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import CommandFailed, CommandTimeout, ToolMissing
+from harness.errors import CommandFailed, CommandTimeout, ToolMissing
 
 LOG = logging.getLogger(__name__)
 

@@ -10,10 +10,12 @@ import tarfile
 import time
 from pathlib import Path
 
-from . import build, kconfig, report
-from .arch import Arch
-from .errors import HarnessError, InfraError
-from .layout import atomic_write_text, default_out_dir, out_root, sha256_file
+from harness.kernel import build, kconfig
+from harness import report
+from harness.arch import Arch
+from harness.errors import HarnessError, InfraError
+from harness.fsutil import atomic_write_text, sha256_file
+from harness.layout import default_out_dir, out_root
 
 LOG = logging.getLogger(__name__)
 PACKAGED = ("vmlinuz", "System.map", "config", "manifest.json", "tools.img", "tools-manifest.json")
@@ -56,7 +58,8 @@ def package(arch: Arch, out: Path, dest: Path) -> Path:
 
 
 def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_count() or 1) -> int:
-    from . import boottest, inspect, toolsimage
+    from harness.boot import run as boottest
+    from harness.tools import inspect, image as toolsimage
 
     var = kconfig.get_variant(variant)
     rel = out_root() / "release"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .layout import atomic_write_json, atomic_write_text
+from harness.fsutil import atomic_write_json, atomic_write_text
 
 STATUSES = ("pass", "fail", "skip", "error")
 

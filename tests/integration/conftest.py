@@ -61,7 +61,7 @@ def negative_build() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smoke_tools(smoke_build) -> dict[str, Path]:
     """{arch: OUT dir} of the smoke kernel with its tools.img built (incremental perf objdirs)."""
-    from harness import toolsimage
+    from harness.tools import image as toolsimage
     from harness.arch import get_arch
 
     for arch in ARCHES:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import boottest, initramfs
+from harness.boot import run as boottest, initramfs
 from harness.arch import get_arch
-from harness.checks import run_check
-from harness.checks.memory_hotplug import CHECKS as MEMORY_CHECKS
-from harness.vm import Vm, detect_accel
+from harness.boot.checks import run_check
+from harness.boot.checks.memory_hotplug import CHECKS as MEMORY_CHECKS
+from harness.boot.vm import Vm, detect_accel
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def test_migration_to_a_mismatched_destination_fails_with_qemus_error(smoke_buil
     """A destination whose virtio-mem backend differs refuses the stream: a failure carrying QEMU's
     error-desc and the destination's own error lines; the guest stays in the source, whose later
     checks still pass, and no QEMU is left behind."""
-    from harness import vm as vmmod
+    from harness.boot import vm as vmmod
 
     real = vmmod.qemu_argv
 
@@ -234,7 +234,7 @@ def test_migration_to_a_mismatched_destination_fails_with_qemus_error(smoke_buil
 
 def test_qemu_that_cannot_start_is_an_infrastructure_error(tmp_path, monkeypatch):
     """No kernel needed: QEMU rejects its command line and exits before connecting."""
-    from harness import vm as vmmod
+    from harness.boot import vm as vmmod
 
     real = vmmod.qemu_argv
     monkeypatch.setattr(vmmod, "qemu_argv", lambda spec, **kw: real(spec, **kw) + ["-no-such-option"])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from harness import configs, kconfig
+from harness.kernel import configs, kconfig
 from harness.arch import ARCHES, get_arch
-from harness.layout import sha256_file
+from harness.fsutil import sha256_file
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import compareconfig as cc
-from harness import contract, kconfig
+from harness.kernel import compareconfig as cc
+from harness.kernel import contract, kconfig
 from harness.arch import get_arch
 from harness.layout import REPO
 

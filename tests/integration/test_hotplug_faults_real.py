@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness import boottest
+from harness.boot import run as boottest
 from harness.arch import get_arch
 
 pytestmark = pytest.mark.integration

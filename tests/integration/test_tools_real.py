@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import elf, inspect, toolsimage
+from harness.tools import elf, inspect, image as toolsimage
 from harness.arch import ARCHES
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, kconfig, patches, source
+from harness.kernel import build, kconfig, patches, source
 from harness.arch import get_arch
 from harness.layout import FIXTURES
 

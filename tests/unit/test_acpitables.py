@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import acpitables as at
-from harness import boottest, vm
+from harness.boot import acpitables as at
+from harness.boot import run as boottest, vm
 from harness.arch import get_arch
-from harness.checks import Check, Guest, run_check
-from harness.checks import cpu_hotplug
+from harness.boot.checks import Check, Guest, run_check
+from harness.boot.checks import cpu_hotplug
 from harness.layout import FIXTURES
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
@@ -303,7 +303,7 @@ def test_dry_run_says_which_initrd(tmp_path, capsys):
 
 
 def test_cli_flag():
-    from harness.__main__ import parser
+    from harness.cli import parser
 
     assert parser().parse_args(["boot-test", "amd64"]).acpi_override is True
     assert parser().parse_args(["boot-test", "amd64", "--no-acpi-override"]).acpi_override is False

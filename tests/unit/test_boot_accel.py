@@ -5,7 +5,7 @@ import pytest
 
 from harness.arch import get_arch
 from harness.errors import InfraError, InvalidArgument
-from harness.vm import detect_accel, kvm_unusable_reason
+from harness.boot.vm import detect_accel, kvm_unusable_reason
 
 AMD64 = get_arch("amd64")
 ARM64 = get_arch("arm64")

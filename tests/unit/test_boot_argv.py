@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import boottest, vm
+from harness.boot import run as boottest, vm
 from harness.arch import ARCHES, get_arch
 from harness.errors import InvalidArgument
 from harness.layout import FIXTURES

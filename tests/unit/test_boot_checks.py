@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness import boottest
+from harness.boot import run as boottest
 from harness.arch import get_arch
-from harness.checks import Check, Guest, Skip, cpu_list, meminfo_kib, run_check
-from harness.checks import cpu_hotplug, ptp, tools_in_guest
+from harness.boot.checks import Check, Guest, Skip, cpu_list, meminfo_kib, run_check
+from harness.boot.checks import cpu_hotplug, ptp, tools_in_guest
 from harness.errors import CheckFailed, InvalidArgument, QemuDied
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
@@ -29,7 +29,7 @@ def test_outcome_mapping(exc, status):
 
 
 def test_crash_tail_kept_as_evidence():
-    from harness.console import GuestCrashed
+    from harness.boot.console import GuestCrashed
 
     def func(g, ev):
         raise GuestCrashed("panic", step="s", tail=["a", "Kernel panic - not syncing: x"])

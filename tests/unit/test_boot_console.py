@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from harness import boottest
-from harness.console import Console, GuestCrashed, GuestTimeout, scan_failures
+from harness.boot import run as boottest
+from harness.boot.console import Console, GuestCrashed, GuestTimeout, scan_failures
 from harness.errors import CheckFailed, QemuDied
 from harness.layout import FIXTURES
 
@@ -40,7 +40,7 @@ def test_boot_reaches_shell(console):
 
 
 def test_smoke_612_boot_and_its_topology_line(console):
-    from harness.checks.cpu_hotplug import TOPOLOGY_RE
+    from harness.boot.checks.cpu_hotplug import TOPOLOGY_RE
 
     con, guest = console
     guest.sendall(guest_output("amd64-smoke612-boot-test.log"))

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness import initramfs
+from harness.boot import initramfs
 from harness.arch import get_arch
 
 AMD64 = get_arch("amd64")

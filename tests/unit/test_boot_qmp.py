@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from harness.errors import QemuDied
-from harness.vm import Qmp, QmpFailed
+from harness.boot.vm import Qmp, QmpFailed
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": []}}
 

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
-from harness import build, kconfig
+from harness.kernel import build, kconfig
 from harness.arch import get_arch
 from harness.errors import BuildFailed, ConfigAuditFailed, InvalidArgument, Locked, ToolMissing
-from harness.layout import exclusive_lock
+from harness.fsutil import exclusive_lock
 
 from build_fakes import (PATCH_NEW_FILE, VERSION, cross_gcc, fake_tarball, sha256,  # noqa: F401
                          tool_bin, world)

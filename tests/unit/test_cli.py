@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from harness import kconfig, source
-from harness.__main__ import main
-from harness.layout import CONFIGS, exclusive_lock, sha256_file
+from harness.kernel import kconfig, source
+from harness.cli import main
+from harness.layout import CONFIGS
+from harness.fsutil import exclusive_lock, sha256_file
 
 from build_fakes import (PATCH_ADD, PATCH_BAD, VERSION, cross_gcc, fake_tarball, mirror, tool_bin,  # noqa: F401
                          world)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import compareconfig as cc
-from harness import contract, kconfig, source
-from harness.__main__ import main
+from harness.kernel import compareconfig as cc
+from harness.kernel import contract, kconfig, source
+from harness.cli import main
 from harness.arch import get_arch
 from harness.layout import FIXTURES
 
@@ -614,7 +614,7 @@ def test_cli_unreadable_reference(fake_configs, tmp_path, capsys, monkeypatch):
 
 def test_run_without_tree_uses_the_pinned_source(fake_configs, monkeypatch, capsys):
     """No --tree: the tree comes from configs._tree(pin, log), as update-configs gets it."""
-    from harness import configs
+    from harness.kernel import configs
 
     seen = []
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import configs
-from harness.__main__ import main
+from harness.kernel import configs
+from harness.cli import main
 from harness.errors import InvalidArgument
 from harness.layout import CONFIGS
 

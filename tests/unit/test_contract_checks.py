@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from harness.arch import get_arch
-from harness.checks import Check, Guest, run_check
-from harness.checks import contract as cc
+from harness.boot.checks import Check, Guest, run_check
+from harness.boot.checks import contract as cc
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 
@@ -136,7 +136,7 @@ def test_running_config_output_lost_on_the_console_is_an_error_not_a_verdict():
 
 
 def test_initramfs_patterns_cover_every_contract_option():
-    from harness.initramfs import contract_patterns
+    from harness.boot.initramfs import contract_patterns
 
     patterns = contract_patterns().splitlines()
     assert "^CONFIG_ADVISE_SYSCALLS=" in patterns and "^CONFIG_RTC_DRV_EFI=" in patterns

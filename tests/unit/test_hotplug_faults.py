@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import boottest
+from harness.boot import run as boottest
 from harness.arch import get_arch
-from harness.checks import hotplug_faults as hf
+from harness.boot.checks import hotplug_faults as hf
 from harness.errors import CheckFailed
 
 KALLSYMS = """ffffffff81071a30 T init_memory_mapping
@@ -43,7 +43,7 @@ def test_fault_check_runs_only_when_asked_for_and_only_where_the_series_applies(
 
 
 def test_stress_rounds_and_soak():
-    from harness.checks import memory_stress
+    from harness.boot.checks import memory_stress
     from harness.errors import InvalidArgument
 
     assert memory_stress.rounds() == list(memory_stress.DEFAULT_ROUNDS)
@@ -57,8 +57,8 @@ def test_stress_rounds_and_soak():
 def test_guest_side_grep_pattern_cannot_trip_the_console_watcher():
     import re
 
-    from harness.checks.memory_stress import DMESG_BAD, guest_pattern
-    from harness.console import FAILURE_RE
+    from harness.boot.checks.memory_stress import DMESG_BAD, guest_pattern
+    from harness.boot.console import FAILURE_RE
 
     pattern = guest_pattern(DMESG_BAD)
     assert not FAILURE_RE.search(pattern)  # the echoed command line is not a "kernel failure"
@@ -68,7 +68,7 @@ def test_guest_side_grep_pattern_cannot_trip_the_console_watcher():
 
 
 def test_stress_dmesg_classification_catches_a_real_oops_and_oom():
-    from harness.checks.memory_stress import DMESG_BAD
+    from harness.boot.checks.memory_stress import DMESG_BAD
     from harness.layout import FIXTURES
 
     oops = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")
@@ -80,7 +80,7 @@ def test_stress_dmesg_classification_catches_a_real_oops_and_oom():
 
 def test_the_real_hot_add_oops_is_a_console_failure():
     """The unpatched kernel's oops (captured from a real run) is what the console watcher reports."""
-    from harness.console import scan_failures
+    from harness.boot.console import scan_failures
     from harness.layout import FIXTURES
 
     text = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import inspect, toolsimage
+from harness.tools import inspect, image as toolsimage
 from harness.arch import ARCHES
 from harness.errors import InfraError
 
@@ -98,7 +98,7 @@ def _two_partitions(out: Path, tree: Path) -> None:
 
 
 def _refresh_image_manifest(out: Path, img: Path, info) -> None:
-    from harness.layout import sha256_file
+    from harness.fsutil import sha256_file
 
     m = json.loads((out / "tools-manifest.json").read_text())
     m["image"].update(size=img.stat().st_size, sha256=sha256_file(img))

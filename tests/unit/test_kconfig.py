@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from harness import kconfig, proc
+from harness.kernel import kconfig
+from harness import proc
 from harness.arch import ARCHES, get_arch
 from harness.errors import CommandFailed, ConfigAuditFailed, InvalidArgument, ToolMissing
 from harness.layout import CONFIGS

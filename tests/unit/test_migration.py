@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import boottest, vm
+from harness.boot import run as boottest, vm
 from harness.arch import ARCHES, get_arch
-from harness.checks import Check, Guest, migration as mig
+from harness.boot.checks import Check, Guest, migration as mig
 from harness.errors import CheckFailed, InfraError
 from harness.layout import FIXTURES
 from harness.report import CheckResult
@@ -387,7 +387,7 @@ def test_guest_teardown_stops_every_vm_newest_first_despite_errors():
 
 
 class CmVm(FakeVm):
-    """Stands in for harness.vm.Vm in boottest.run: a context manager that tears itself down."""
+    """Stands in for harness.boot.vm.Vm in boottest.run: a context manager that tears itself down."""
 
     def __init__(self, spec, log_dir, tag="boot", incoming=False):
         super().__init__(tag, FakeQmp())

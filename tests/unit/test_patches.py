@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from harness import patches, source, tree
+from harness.kernel import patches, source, tree
 from harness.errors import InvalidArgument, PatchFailed
-from harness.patches import Series
+from harness.kernel.patches import Series
 
 from build_fakes import (FAKELINUX, PATCH_ADD, PATCH_BAD, PATCH_MODIFY, PATCH_NEW_FILE, fake_tarball,  # noqa: F401
                          world)
@@ -127,7 +127,8 @@ def test_failing_series_leaves_no_tree_and_a_fixed_series_succeeds(world, fake_t
 
 
 def test_a_hung_patch_is_a_timeout_not_a_bad_patch(tmp_path, monkeypatch):
-    from harness import patches, proc
+    from harness.kernel import patches
+    from harness import proc
     from harness.errors import CommandTimeout, PatchFailed
 
     (tmp_path / "series").mkdir()

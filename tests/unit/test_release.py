@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import tarfile
-import types
 
 import pytest
 
-from harness import build, release
+from harness.boot import run as boottest
+from harness.kernel import build
+from harness.tools import image as toolsimage
+from harness.tools import inspect
+from harness import release
 from harness.arch import ARCHES
 from harness.errors import BuildFailed, QemuDied
 
@@ -56,13 +58,9 @@ def fakes(monkeypatch, outroot):
         return outcome
 
     monkeypatch.setattr(build, "build", fake_build)
-    for name, attr, fn in (("toolsimage", "build_tools_image", fake_tools),
-                           ("inspect", "inspect_images", fake_inspect),
-                           ("boottest", "boot_test", fake_boot)):
-        mod = types.ModuleType(f"harness.{name}")
-        setattr(mod, attr, fn)
-        monkeypatch.setitem(sys.modules, f"harness.{name}", mod)
-        monkeypatch.setattr(sys.modules["harness"], name, mod, raising=False)
+    monkeypatch.setattr(toolsimage, "build_tools_image", fake_tools)
+    monkeypatch.setattr(inspect, "inspect_images", fake_inspect)
+    monkeypatch.setattr(boottest, "boot_test", fake_boot)
     return state
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import elf, foreign, initramfs, toolsimage
+from harness.tools import elf, image as toolsimage
+from harness import foreign
+from harness.boot import initramfs
 from harness.arch import ARCHES
 from harness.errors import InfraError, InvalidArgument, SourceMissing
 

@@ -6,9 +6,9 @@ import tarfile
 
 import pytest
 
-from harness import source, tree
+from harness.kernel import source, tree
 from harness.errors import CorruptSource, SourceVersionMismatch
-from harness.patches import Series
+from harness.kernel.patches import Series
 
 from build_fakes import PATCH_NEW_FILE, VERSION, fake_tarball, sha256, world  # noqa: F401
 

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from harness import elf, toolsimage
+from harness.tools import elf, image as toolsimage
 from harness.arch import Arch
 
 RELEASE = "6.12.117-neonvm"

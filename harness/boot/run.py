@@ -1,0 +1,265 @@
+"""The boot test: boot a built kernel the way the NeonVM runner does and run the checks.
+
+One boot per architecture serves every check: QEMU starts with ``cpus_present`` vCPUs of
+``cpus_max`` and the kernel with ``maxcpus=1``, so the sysfs mode has present-but-offline vCPUs to
+online and the QMP mode has free slots to hot-add into. Results go to ``OUT/boot/``:
+``results.json``, ``results.xml`` (JUnit), ``boot.console.log`` and ``boot.qemu.log``.
+
+:func:`boot_test` takes a build's OUT directory (its ``manifest.json`` names the release);
+:func:`run` takes a kernel path and the expected release directly (Debian's kernel, negative tests,
+the benchmark).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from harness.boot import acpitables, initramfs
+from harness import proc, report
+from harness.arch import Arch
+from harness.boot.checks import (
+    Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, memory_stress, migration, ptp,
+    run_check, tools_in_guest,
+)
+from harness.errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
+from harness.report import CheckResult, Timer
+from harness.boot.vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
+
+LOG = logging.getLogger(__name__)
+
+# In the order they run: CPUs through sysfs first, memory next (the DIMM stays plugged), live
+# migration (every later check runs in the final destination QEMU), then vCPU hotplug over QMP in
+# the migrated VM, tools, the capability contract, and last the power button, which ends the VM.
+# cpu-qmp runs after the migration on purpose: under TCG, QEMU before 10.0.5 leaves an unplugged
+# vCPU's memory listener behind and a later migration of that QEMU can hang in setup
+# (harness/checks/migration.py, TCG_UNPLUG_BUG); a destination never had a vCPU unplugged.
+_CPU_QMP = [c for c in cpu_hotplug.CHECKS if c.name == "cpu-qmp"]
+CHECKS: list[Check] = [
+    *boot.CHECKS,
+    *(c for c in cpu_hotplug.CHECKS if c not in _CPU_QMP),
+    *memory_hotplug.CHECKS,
+    *memory_stress.CHECKS,
+    *hotplug_faults.CHECKS,
+    *migration.CHECKS,
+    *_CPU_QMP,
+    *ptp.CHECKS,
+    *tools_in_guest.CHECKS,
+    *contract.CHECKS,
+    *contract.LAST,
+]
+BOOT_CHECK = "boot"
+CHECK_NAMES = (BOOT_CHECK, *(c.name for c in CHECKS))
+CPUS_MIN, CPUS_MAX = 1, 4
+READY_RE = re.compile(re.escape(initramfs.READY_MARKER) + r" (\S+)\r?\n")
+
+
+def cpus_present(arch: Arch) -> int:
+    """vCPUs present at boot. The runner's sysfs mode boots all of them (kernel maxcpus= keeps the
+    rest offline); where it also hot-plugs through QMP, one boot serves both modes: MIN+1 present
+    (one to online through sysfs) and the rest left as free slots for device_add."""
+    return CPUS_MIN + 1 if arch.cpu_hotplug_qmp else CPUS_MAX
+
+
+def vm_spec(*, arch: Arch, kernel: Path, initrd: Path, accel: Accel, tools_img: Path | None = None,
+            data_disk: Path | None = None, cmdline_extra: tuple[str, ...] = ()) -> VmSpec:
+    """The VM the boot test runs: the runner's shape with this test's sizes."""
+    return VmSpec(arch=arch, kernel=kernel, initrd=initrd, accel=accel, cpus_min=CPUS_MIN, cpus_max=CPUS_MAX,
+                  cpus_present=cpus_present(arch), tools_img=tools_img, data_disk=data_disk,
+                  cmdline_extra=cmdline_extra)
+
+
+DATA_DISK_MIB = 64
+
+
+def make_data_disk(path: Path, *, log: Path) -> Path:
+    """A disk made the way the VM runner makes the Postgres data disk: ext4 with a label, project
+    quota (``tune2fs -Q prjquota``) and ``prjquota`` in its default mount options. Made fresh for
+    every boot (the guest writes to it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.truncate(DATA_DISK_MIB << 20)
+    step = "data-disk"
+    proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, tmp], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", tmp], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-E", "mount_opts=prjquota", tmp], step=step, log=log, timeout=60)
+    tmp.replace(path)
+    return path
+
+
+def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
+    wanted = set(only or ())
+    unknown = wanted - set(CHECK_NAMES)
+    if unknown:
+        raise InvalidArgument(f"unknown check(s) {', '.join(sorted(unknown))} (known: {', '.join(CHECK_NAMES)})",
+                              step="boot-test")
+    return [c for c in CHECKS if c.applies(arch) and (c.name in wanted or not wanted and not c.opt_in)]
+
+
+def read_manifest(arch: Arch, out_dir: Path) -> dict:
+    path = out_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: build the kernel first", step="boot-test") from None
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON (an interrupted or edited file)
+        raise InputError(f"cannot read {path}: {exc}; rebuild the kernel", step="boot-test") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path} is not a build manifest; rebuild the kernel", step="boot-test")
+    if manifest.get("arch") not in (arch.name, *arch.aliases):
+        raise InputError(f"{out_dir} holds a {manifest.get('arch')} kernel, not {arch.name}", step="boot-test")
+    if not manifest.get("kernelrelease"):
+        raise InputError(f"{path} names no kernelrelease", step="boot-test")
+    return manifest
+
+
+def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
+              require_tools: bool = False, only: list[str] | None = None, soak: int = 1,
+              acpi_override: bool = True) -> bool:
+    """Boot-test the kernel in OUT; write OUT/boot/results.{json,xml}; True when nothing failed."""
+    out_dir = Path(out_dir)
+    memory_stress.rounds(soak)  # validates --soak before anything runs
+    manifest = read_manifest(arch, out_dir) if not dry_run or (out_dir / "manifest.json").exists() else {}
+    results = run(arch, kernel=out_dir / "vmlinuz", release=manifest.get("kernelrelease", "?"),
+                  results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
+                  require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
+                  acpi_override=acpi_override,
+                  meta={"variant": manifest.get("variant", ""), "version": manifest.get("version", "")})
+    return all(r.ok for r in results)
+
+
+def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str | Accel = "auto",
+        tools_img: Path | None = None, require_tools: bool = False, only: Iterable[str] | None = None,
+        options: dict | None = None,
+        dry_run: bool = False, cmdline_extra: tuple[str, ...] = (), boot_timeout: float | None = None,
+        init_text: str | None = None, tag: str = "boot", meta: dict | None = None,
+        write_results: bool = True, stream=None, acpi_override: bool = True) -> list[CheckResult]:
+    """Boot ``kernel`` once and run the selected checks; return their results (and write them).
+
+    ``acpi_override``: where QMP vCPU hotplug is tested under TCG, boot with online-capable FACP and
+    APIC in an early initrd cpio (harness/acpitables.py); never under KVM."""
+    stream = stream or sys.stdout
+    checks = select_checks(arch, only)
+    acc = accel if isinstance(accel, Accel) else detect_accel(arch, accel)
+    timeout = boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
+    tools_img = Path(tools_img) if tools_img else None
+    spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
+                     tools_img=tools_img if tools_img and tools_img.is_file() else None,
+                     data_disk=Path(results_dir) / f"{tag}.pgdata.img")
+    acpi_wanted = acpitables.needed(arch, acc.name, [c.name for c in checks])
+    if dry_run:
+        spec = vm_spec(initrd=Path("$INITRAMFS"), **spec_args)
+        print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
+        if acpi_wanted and acpi_override:
+            print("# initrd: early cpio of online-capable FACP and APIC (QEMU's own, read by a first boot of this "
+                  "VM, then cached) + $INITRAMFS", file=stream)
+        print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
+        print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
+        if any(c.name == migration.CHECK_NAME for c in checks):
+            dest = Vm(spec, log_dir=results_dir, tag=migration.dest_tag(tag, 1), incoming=True)
+            print("# migration destination (one per round, each with its own sockets and logs):", file=stream)
+            print(proc.quote(dest.argv("$RUNDIR_DEST")), file=stream)
+        return []
+    started = time.monotonic()
+    meta = {"arch": arch.name, "kernel": str(kernel), "kernelrelease": release, "accelerator": acc.name,
+            "accelerator_reason": acc.reason, **(meta or {})}
+    results: list[CheckResult] = []
+    try:
+        initrd = initramfs.build(arch, **({"init_text": init_text} if init_text else {}))
+        meta["initramfs"] = str(initrd)
+        meta["qemu"] = _qemu_version(arch)
+        make_data_disk(spec_args["data_disk"], log=Path(results_dir) / f"{tag}.data-disk.log")
+        spec = vm_spec(initrd=initrd, **spec_args)
+        if acpi_wanted and acpi_override:
+            spec, meta["acpi_override"] = acpitables.apply(spec, qemu_version=meta["qemu"],
+                                                           log_dir=Path(results_dir), boot_timeout=timeout)
+            meta["initrd"] = str(spec.initrd)
+        elif acpi_wanted:
+            meta["acpi_override"] = {"off": "disabled (--no-acpi-override)"}
+        with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
+            meta["kernel_cmdline"] = kernel_cmdline(spec)
+            result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,
+                                       tools_img=tools_img, require_tools=require_tools)
+            if guest is not None:
+                guest.options = dict(options or {})
+                if "acpi_override" in meta:
+                    guest.options["acpi_override"] = meta["acpi_override"]
+            results.append(result)
+            try:
+                for check in checks:
+                    if guest is None:
+                        results.append(CheckResult(check.name, "skip", "not run: the boot failed (see check boot)"))
+                    elif guest.powered_off:
+                        results.append(CheckResult(check.name, "error", "not run: the guest was powered off"))
+                    elif guest.lost:
+                        results.append(CheckResult(check.name, "skip", f"not run: {guest.lost}"))
+                    else:
+                        results.append(run_check(check, guest))
+            finally:  # every QEMU the checks started (migration destinations), whatever happened
+                for problem in guest.teardown() if guest is not None else []:
+                    results.append(CheckResult("teardown", "error", problem))
+        Path(spec_args["data_disk"]).unlink(missing_ok=True)  # written by the guest; nothing to keep
+    except HarnessError as exc:  # QEMU would not start, initramfs could not be built, ...
+        status = "fail" if isinstance(exc, KernelError) else "error"
+        if not results:
+            results.append(CheckResult(BOOT_CHECK, status, str(exc), evidence={"accelerator": acc.name}))
+        else:
+            results.append(CheckResult("teardown", status, str(exc)))
+    meta["wall_seconds"] = round(time.monotonic() - started, 2)
+    if write_results:
+        results_dir = Path(results_dir)
+        report.write(results, suite=f"boot-test-{arch.name}", json_path=results_dir / "results.json",
+                     junit_path=results_dir / "results.xml", meta=meta)
+    print(f"boot test of {release} ({arch.name}, {acc.name}: {acc.reason}) in {meta['wall_seconds']:.1f}s",
+          file=stream)
+    report.print_table(results, stream=stream)
+    for r in results:
+        if r.status in ("fail", "error") and r.evidence.get("console_tail"):
+            print(f"--- last console lines ({r.name}):", file=stream)
+            for line in r.evidence["console_tail"][-15:]:
+                print(f"    {line}", file=stream)
+    if write_results:
+        print(f"results: {Path(results_dir) / 'results.json'}; logs: {Path(results_dir)}/{tag}.*.log", file=stream)
+    return results
+
+
+def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float,
+               tools_img: Path | None = None, require_tools: bool = False) -> tuple[CheckResult, Guest | None]:
+    """Wait for the test init's shell; the ``boot`` result, and a Guest when the shell answers."""
+    ev: dict = {"accelerator": accel.name, "console_log": str(vm.console_log), "qemu_log": str(vm.qemu_log),
+                "boot_timeout_s": timeout}
+    guest = None
+    with Timer() as t:
+        try:
+            m = vm.console.wait(READY_RE, timeout=timeout, scaled=False, step="boot",
+                                what="the test init's shell")
+            ev["init_saw_release"] = m.group(1)
+            vm.console.run("true", step="boot")
+            ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
+            _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
+            guest = Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
+                          tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools,
+                          data_disk=vm.spec.data_disk, vms=[vm])
+            status, reason = "pass", ""
+        except KernelError as exc:
+            status, reason = "fail", str(exc)
+            ev["console_tail"] = getattr(exc, "tail", None) or vm.console.tail()
+        except InfraError as exc:
+            status, reason = "error", str(exc)
+            ev["console_tail"] = vm.console.tail() if vm.console else []
+    ev["seconds_since_qemu_start"] = round(time.monotonic() - vm.started, 2)
+    return CheckResult(BOOT_CHECK, status, reason, round(t.duration, 3), ev), guest
+
+
+def _qemu_version(arch: Arch) -> str:
+    try:
+        out = proc.capture([arch.qemu_binary, "--version"], step="qemu", timeout=20)
+    except HarnessError as exc:
+        raise InfraError(str(exc), step="qemu") from exc
+    return out.splitlines()[0].strip() if out else "?"

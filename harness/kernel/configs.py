@@ -1,0 +1,182 @@
+"""The committed per-arch production configs: update them, audit them, move them to a new version."""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+from harness.kernel import kconfig, source, tree
+from harness.arch import Arch
+from harness.errors import InvalidArgument, SourceMissing
+from harness.fsutil import atomic_write_text, sha256_file
+from harness.layout import cache_root
+from harness.kernel.patches import Series
+
+LOG = logging.getLogger(__name__)
+PRODUCTION = "production"
+
+
+def _logdir() -> Path:
+    d = cache_root() / "logs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _tree(pin: source.Pin, log: Path, **kw) -> tuple[source.Source, Path]:
+    src = source.resolve(pin, log=log, **kw)
+    return src, tree.prepare(src, Series.load(), log=log)
+
+
+def update(arches: list[Arch], *, check_only: bool = False, pin: source.Pin | None = None,
+           src_kw: dict | None = None) -> int:
+    """Resolve the production config for each arch and write it to configs/, printing the diff."""
+    pin = pin or source.Pin.load()
+    log = _logdir() / "update-configs.log"
+    log.write_text("")
+    src, src_tree = _tree(pin, log, **(src_kw or {}))
+    variant = kconfig.get_variant(PRODUCTION)
+    for arch in arches:
+        resolved = kconfig.resolve(src_tree, arch, variant, log=log)
+        kconfig.check(variant.requests(arch), resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION}",
+                      srcarch=arch.srcarch)
+        dest = kconfig.committed_config_path(arch, src.version)
+        if dest.is_file():
+            changes = kconfig.diff(src_tree, dest, resolved, log=log)
+            print(f"{dest.name}: " + (f"{len(changes.splitlines())} change(s)\n{changes}" if changes
+                                      else "unchanged"))
+        else:
+            print(f"{dest.name}: new ({len(kconfig.parse_config_text(resolved.read_text()))} options)")
+        if not check_only:
+            kconfig.install(resolved, dest)
+    return 0
+
+
+def audit_committed(arches: list[Arch]) -> int:
+    """Audit each committed config against the fragments, and check it is what they resolve to."""
+    pin = source.Pin.load()
+    log = _logdir() / "audit.log"
+    log.write_text("")
+    variant = kconfig.get_variant(PRODUCTION)
+    src_tree = None
+    failures = 0
+    for arch in arches:
+        path = kconfig.committed_config_path(arch, pin.version)
+        if not path.is_file():
+            print(f"FAIL {arch.name}: {path.name} is missing; create it with 'nox -s update-configs'")
+            failures += 1
+            continue
+        requests = variant.requests(arch)
+        findings = kconfig.audit(requests, kconfig.parse_config_text(path.read_text()))
+        if findings:
+            if src_tree is None:
+                _, src_tree = _tree(pin, log)
+            findings = kconfig.audit(requests, kconfig.parse_config_text(path.read_text()), src_tree,
+                                     arch.srcarch)
+            print(f"FAIL {arch.name}: {path.name}: {len(findings)} requested option(s) dropped or changed")
+            for f in findings:
+                print(f"  {f.describe()}")
+            failures += 1
+            continue
+        # the committed file must be exactly what the fragments resolve to on the pinned tree
+        if src_tree is None:
+            _, src_tree = _tree(pin, log)
+        resolved = kconfig.resolve(src_tree, arch, variant, log=log)
+        if resolved.read_bytes() != path.read_bytes():
+            changes = kconfig.diff(src_tree, path, resolved, log=log)
+            print(f"FAIL {arch.name}: {path.name} is stale; the fragments now resolve to:\n{changes}"
+                  "  (review, then 'nox -s update-configs')")
+            failures += 1
+            continue
+        print(f"PASS {arch.name}: {path.name}: all {len(requests)} requested options present; "
+              "matches the fragments' resolution")
+    if failures:
+        print(f"error: [audit] {failures} committed config(s) failed (log: {log})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _set_pin_value(text: str, section: str | None, key: str, value: str) -> str:
+    """Replace `key = "..."` in a TOML section (None: the top level), keeping comments."""
+    out, current, done = [], None, False
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"^\[(\w+)\]\s*$", line)
+        if m:
+            current = m[1]
+        if not done and current == section and re.match(rf"^{key}\s*=", line):
+            line = f'{key} = "{value}"\n'
+            done = True
+        out.append(line)
+    if not done:
+        raise InvalidArgument(f"no {key} in [{section or 'top level'}] of kernel.toml", step="upgrade")
+    return "".join(out)
+
+
+def upgrade(version: str, *, debian_version: str | None = None, sha256: str | None = None) -> int:
+    """Move the pin to ``version``: verify its source, resolve and audit the configs for it, show
+    what changed against the current committed configs, then write the new configs and pin."""
+    source.parse_version(version)
+    old = source.Pin.load()
+    log = _logdir() / "upgrade.log"
+    log.write_text("")
+    text = old.path.read_text()
+    text = _set_pin_value(text, None, "version", version)
+    src_kw: dict = {}
+    if debian_version:
+        pkg = old.debian.get("package", "")
+        major_minor = ".".join(version.split(".")[:2])
+        if not pkg.endswith(major_minor):
+            pkg = re.sub(r"[\d.]+$", major_minor, pkg)
+            text = _set_pin_value(text, "debian", "package", pkg)
+            text = _set_pin_value(text, "debian", "tarball", f"/usr/src/{pkg}.tar.xz")
+        have = source.dpkg_version(pkg)
+        if have != debian_version:
+            raise SourceMissing(f"{pkg} {debian_version} is not installed (have {have or 'none'}); "
+                                f"run 'apt-get install {pkg}={debian_version}' first", step="upgrade")
+        tarball = Path(f"/usr/src/{pkg}.tar.xz")
+        if not tarball.is_file():
+            raise SourceMissing(f"{pkg} {debian_version} is installed but {tarball} is missing", step="upgrade")
+        text = _set_pin_value(text, "debian", "package_version", debian_version)
+        text = _set_pin_value(text, "debian", "sha256", sha256_file(tarball))
+        src_kw = {"provider": "debian"}
+    elif sha256:
+        text = _set_pin_value(text, "kernelorg", "sha256", sha256)
+        src_kw = {"provider": "kernelorg"}
+    else:
+        raise InvalidArgument("upgrade needs --debian-version (Debian's linux-source) or --sha256 "
+                              "(kernel.org tarball)", step="upgrade")
+    # The default provider must be the one that has the new version's source: the other section of
+    # the pin still describes the previous version.
+    text = _set_pin_value(text, None, "provider", src_kw["provider"])
+    tmp_pin = old.path.with_name(".kernel.toml.upgrade")
+    tmp_pin.write_text(text)
+    try:
+        new = source.Pin.load(tmp_pin)
+        new = source.Pin(new.version, new.provider, new.debian, new.kernelorg, old.path)
+        src, src_tree = _tree(new, log, **src_kw)
+        variant = kconfig.get_variant(PRODUCTION)
+        resolved_by_arch = {}
+        for arch in _all_arches():
+            oldcfg = kconfig.committed_config_path(arch, old.version)
+            resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
+            kconfig.check(variant.requests(arch), resolved, src_tree, log=log,
+                          label=f"{arch.name}/{PRODUCTION} on {version}", srcarch=arch.srcarch)
+            if oldcfg.is_file():
+                changes = kconfig.diff(src_tree, oldcfg, resolved, log=log)
+                print(f"{oldcfg.name} -> linux-config-{arch.config_name}-{version}:\n{changes or '  (no change)'}")
+        for arch, resolved in resolved_by_arch.items():
+            kconfig.install(resolved, kconfig.committed_config_path(arch, version))
+            oldcfg = kconfig.committed_config_path(arch, old.version)
+            if old.version != version and oldcfg.is_file():
+                oldcfg.unlink()
+        atomic_write_text(old.path, text)
+    finally:
+        tmp_pin.unlink(missing_ok=True)
+    print(f"pinned {version}; review 'git diff configs/' and commit")
+    return 0
+
+
+def _all_arches() -> list[Arch]:
+    from harness.arch import ARCHES
+
+    return list(ARCHES.values())

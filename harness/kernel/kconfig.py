@@ -1,0 +1,332 @@
+"""Config fragments, resolution with the kernel's own tools, the audit, and config diffs.
+
+Resolution: ``make <base>`` (e.g. tinyconfig), ``scripts/kconfig/merge_config.sh -m`` with the
+variant's fragments, then ``make olddefconfig``. Kconfig silently drops what it cannot satisfy, so
+every resolution is followed by the audit: each option a fragment asks for must have the requested
+value in the resolved config.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import proc
+from harness.arch import Arch
+from harness.errors import ConfigAuditFailed, InvalidArgument
+from harness.layout import CONFIGS, cache_root
+from harness.fsutil import atomic_copy, exclusive_lock
+
+LOG = logging.getLogger(__name__)
+STEP = "config"
+FRAGMENTS = CONFIGS / "fragments"
+
+_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+
+@dataclass(frozen=True)
+class Request:
+    option: str
+    value: str  # "y", "m", "n" or a literal (numbers, quoted strings)
+    fragment: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        try:
+            rel = self.fragment.relative_to(CONFIGS.parent)
+        except ValueError:
+            rel = self.fragment
+        return f"{rel}:{self.line}"
+
+
+def parse_config_text(text: str) -> dict[str, str]:
+    """A .config (or fragment) as {option: value}, with "n" for '# CONFIG_X is not set'."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = _SET.match(line)
+        if m:
+            out[m[1]] = m[2]
+            continue
+        m = _UNSET.match(line)
+        if m:
+            out[m[1]] = "n"
+    return out
+
+
+def parse_fragment(path: Path) -> list[Request]:
+    reqs = []
+    for no, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = _SET.match(line)
+        if m and m[2]:  # "CONFIG_X=" (no value) is malformed, not a request for ""
+            reqs.append(Request(m[1], m[2], path, no))
+            continue
+        m = _UNSET.match(line)
+        if m:
+            reqs.append(Request(m[1], "n", path, no))
+            continue
+        if line.startswith("#"):
+            continue
+        raise InvalidArgument(f"{path}:{no}: not a config line: {raw!r}", step=STEP)
+    return reqs
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    base: str  # make targets run in order in an empty build dir, e.g. "defconfig kvm_guest.config"
+    fragments: tuple[str, ...]
+    suffix: str
+    committed: bool
+    base_arch: tuple[tuple[str, str], ...] = ()  # per-arch override of base: ((arch, targets), ...)
+    contract: bool = False  # carries the whole capability contract (configs/contract.toml)
+    patches: bool = True  # apply the patch series in configs/patches/
+
+    def base_targets(self, arch: Arch) -> list[str]:
+        return dict(self.base_arch).get(arch.name, self.base).split()
+
+    def fragment_paths(self, arch: Arch) -> list[Path]:
+        paths = []
+        for frag in self.fragments:
+            p = FRAGMENTS / (frag.format(arch=arch.name) + ".config")
+            if not p.is_file():
+                raise InvalidArgument(f"variant {self.name}: fragment {p} does not exist", step=STEP)
+            paths.append(p)
+        return paths
+
+    def requests(self, arch: Arch) -> dict[str, Request]:
+        """option -> the request that wins (a later fragment overrides an earlier one)."""
+        out: dict[str, Request] = {}
+        for p in self.fragment_paths(arch):
+            for r in parse_fragment(p):
+                out[r.option] = r
+        return out
+
+
+_VARIANT_KEYS = {"base", "base_arch", "fragments", "add_fragments", "suffix", "committed", "contract", "patches",
+                 "extends"}
+
+
+def load_variants(path: Path | None = None) -> dict[str, Variant]:
+    """configs/variants.toml. ``extends = "other"`` starts from another variant's base and
+    fragments (``add_fragments`` appends to them); a variant's own keys win."""
+    path = path or CONFIGS / "variants.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path}: {exc}", step=STEP) from None
+
+    def flat(name: str, seen: tuple[str, ...] = ()) -> dict:
+        if name not in data:
+            raise InvalidArgument(f"{path}: variant {seen[-1] if seen else name!r} extends unknown {name!r}",
+                                  step=STEP)
+        if name in seen:
+            raise InvalidArgument(f"{path}: variants extend each other in a loop: {' -> '.join(seen + (name,))}",
+                                  step=STEP)
+        raw = dict(data[name])
+        unknown = set(raw) - _VARIANT_KEYS
+        if unknown:
+            raise InvalidArgument(f"{path}: variant {name}: unknown key(s) {', '.join(sorted(unknown))}", step=STEP)
+        if "extends" not in raw:
+            return raw
+        parent = {k: v for k, v in flat(raw.pop("extends"), seen + (name,)).items()
+                  if k in ("base", "base_arch", "fragments", "patches")}
+        parent["fragments"] = list(parent.get("fragments", [])) + list(raw.pop("add_fragments", []))
+        return {**parent, **raw}
+
+    out = {}
+    for name in data:
+        v = flat(name)
+        if "base" not in v or "fragments" not in v:
+            raise InvalidArgument(f"{path}: variant {name} needs 'base' and 'fragments'", step=STEP)
+        out[name] = Variant(name, v["base"], tuple(v["fragments"]) + tuple(v.get("add_fragments", [])),
+                            v.get("suffix", "-neonvm"), bool(v.get("committed", False)),
+                            tuple(sorted(v.get("base_arch", {}).items())), bool(v.get("contract", False)),
+                            bool(v.get("patches", True)))
+    return out
+
+
+def get_variant(name: str) -> Variant:
+    variants = load_variants()
+    if name not in variants:
+        raise InvalidArgument(f"unknown variant {name!r} (known: {', '.join(variants)})", step=STEP)
+    return variants[name]
+
+
+def committed_config_path(arch: Arch, version: str) -> Path:
+    return CONFIGS / f"linux-config-{arch.config_name}-{version}"
+
+
+# -- audit ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    request: Request
+    resolved: str
+    depends: tuple[str, ...]
+
+    def describe(self) -> str:
+        text = (f"{self.request.option}: requested {self.request.value}, resolved {self.resolved} "
+                f"(asked for at {self.request.where})")
+        if self.depends:
+            text += "; Kconfig: " + " | ".join(self.depends)
+        return text
+
+
+def audit(requests: dict[str, Request], resolved: dict[str, str], tree: Path | None = None,
+          srcarch: str | None = None) -> list[Finding]:
+    """Every request against the resolved config. Returns the dropped or changed options."""
+    findings = []
+    for opt, req in requests.items():
+        got = resolved.get(opt, "n")
+        if _norm(got) != _norm(req.value):
+            findings.append(Finding(req, got if opt in resolved else "n (absent)",
+                                    tuple(kconfig_dependencies(tree, opt, srcarch)) if tree else ()))
+    return findings
+
+
+def _norm(value: str) -> str:
+    return value.strip().strip('"') if value.startswith('"') else value.strip()
+
+
+_CONFIG_DEF = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+_BLOCK_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|source|comment)\b")
+
+
+_IF = re.compile(r"^if\s+(.+?)\s*(?:#.*)?$")
+_ENDIF = re.compile(r"^endif\b")
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Kconfig lines with backslash continuations joined (one entry per physical line kept)."""
+    out: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            out.append("")
+            continue
+        out.append(pending + raw)
+        pending = ""
+    return out
+
+
+def kconfig_dependencies(tree: Path, option: str, srcarch: str | None = None) -> list[str]:
+    """The `depends on` lines of ``option``'s Kconfig definitions, with the enclosing `if` blocks of
+    the same file (other arches' definitions skipped)."""
+    name = option.removeprefix("CONFIG_")
+    found: list[str] = []
+    for kfile in sorted(tree.rglob("Kconfig*")):
+        parts = kfile.relative_to(tree).parts
+        if not kfile.is_file() or (srcarch and parts[0] == "arch" and len(parts) > 2 and parts[1] != srcarch):
+            continue
+        try:
+            text = kfile.read_text(errors="replace")
+        except OSError:
+            continue
+        if name not in text:
+            continue
+        lines = _logical_lines(text)
+        ifs: list[str] = []
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            m = _IF.match(stripped)
+            if m:
+                ifs.append(m[1])
+                continue
+            if _ENDIF.match(stripped):
+                if ifs:
+                    ifs.pop()
+                continue
+            m = _CONFIG_DEF.match(line)
+            if not m or m[1] != name:
+                continue
+            rel = kfile.relative_to(tree)
+            deps = []
+            for nxt in lines[i + 1:]:
+                if _BLOCK_END.match(nxt):
+                    break
+                s_ = " ".join(nxt.split())
+                if s_.startswith("depends on"):
+                    deps.append(s_)
+            deps += [f"inside 'if {cond}'" for cond in ifs]
+            found.append(f"{rel}:{i + 1}: " + ("; ".join(deps) if deps else "no 'depends on'"))
+    return found or [f"no Kconfig definition of {name} in this tree"]
+
+
+def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: Path,
+          label: str, srcarch: str | None = None) -> None:
+    """Audit ``config_path``; raise ConfigAuditFailed listing every dropped option (full list in log)."""
+    resolved = parse_config_text(config_path.read_text())
+    findings = audit(requests, resolved, tree, srcarch)
+    if not findings:
+        LOG.info("[audit] %s: all %d requested options present", label, len(requests))
+        return
+    with open(log, "a") as fh:
+        fh.write(f"\n### audit of {config_path} ({label}): {len(findings)} option(s) dropped or changed\n")
+        for f in findings:
+            fh.write(f.describe() + "\n")
+    first = findings[0].describe()
+    more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+    raise ConfigAuditFailed(f"{label}: {first}{more}", step="audit", log=log)
+
+
+# -- resolution ----------------------------------------------------------------------------------
+def resolution_key(tree: Path, arch: Arch, variant: Variant) -> str:
+    h = hashlib.sha256()
+    h.update(f"{tree.name}\0{arch.name}\0{' '.join(variant.base_targets(arch))}\n".encode())
+    # Kconfig records the compiler's version and features: a new compiler means a new resolution.
+    h.update(proc.capture([arch.cross_gcc, "--version"], step=STEP).encode())
+    for p in variant.fragment_paths(arch):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def make_argv(arch: Arch, objdir: Path, *targets: str, extra: list[str] | None = None) -> list[str]:
+    return ["make", f"O={objdir}", *arch.make_vars(), *(extra or []), *targets]
+
+
+def resolve(tree: Path, arch: Arch, variant: Variant, *, log: Path) -> Path:
+    """Resolve the variant's config for ``arch`` in a scratch build directory; return the .config.
+    The result is cached by the inputs' hash, so an unchanged variant resolves instantly."""
+    scratch = cache_root() / "kconfig" / f"{arch.name}-{variant.name}"
+    key = resolution_key(tree, arch, variant)
+    stamp = scratch / ".harness-resolved"
+    config = scratch / ".config"
+    with exclusive_lock(cache_root() / "kconfig" / f".{arch.name}-{variant.name}.lock", step=STEP,
+                        what=f"config scratch dir for {arch.name}/{variant.name}"):
+        if stamp.is_file() and stamp.read_text() == key and config.is_file():
+            LOG.info("[%s] %s/%s: resolved config is current", STEP, arch.name, variant.name)
+            return config
+        stamp.unlink(missing_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True)
+        frags = variant.fragment_paths(arch)
+        for stale in (config, scratch / ".config.old"):  # a base target merges into an existing .config
+            stale.unlink(missing_ok=True)
+        proc.run(make_argv(arch, scratch, *variant.base_targets(arch)), step=STEP, log=log, cwd=tree, timeout=600)
+        proc.run([tree / "scripts/kconfig/merge_config.sh", "-m", "-O", scratch, config, *frags],
+                 step=STEP, log=log, cwd=tree, timeout=120,
+                 env={"ARCH": arch.make_arch, "CROSS_COMPILE": arch.cross_compile})
+        proc.run(make_argv(arch, scratch, "olddefconfig"), step=STEP, log=log, cwd=tree, timeout=300)
+        stamp.write_text(key)
+    return config
+
+
+def diff(tree: Path, old: Path, new: Path, *, log: Path) -> str:
+    """scripts/diffconfig output between two configs ('' when identical)."""
+    return proc.capture([tree / "scripts/diffconfig", old, new], step=STEP, log=log)
+
+
+def install(config: Path, dest: Path) -> bool:
+    """Copy a resolved config to ``dest`` if its content differs; True when it changed."""
+    if dest.is_file() and dest.read_bytes() == config.read_bytes():
+        return False
+    atomic_copy(config, dest)
+    return True
