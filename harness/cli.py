@@ -68,8 +68,8 @@ def cmd_tools(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from harness.tools import inspect
     from harness.errors import InvalidArgument
+    from harness.tools import inspect
 
     if args.out and len(args.arch) > 1:
         raise InvalidArgument("--out names one output directory: give only one arch with it", step="inspect-tools")

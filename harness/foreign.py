@@ -19,14 +19,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-from harness.tools import elf
 from harness import fsutil, layout, proc
 from harness.arch import Arch
 from harness.errors import InfraError, Locked
+from harness.tools import elf
 
 LOG = logging.getLogger(__name__)
 

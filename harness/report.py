@@ -5,7 +5,6 @@ the reason says why) or ``error`` (the harness or host broke while checking).
 """
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,16 +30,6 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.status in ("pass", "skip")
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, *exc):
-        self.duration = time.monotonic() - self.start
-        return False
 
 
 def summarize(results: list[CheckResult]) -> dict[str, int]:

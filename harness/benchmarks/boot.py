@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.boot import run as boottest
 from harness import fsutil, layout
 from harness.arch import ARCHES, get_arch
+from harness.boot import run as boottest
 from harness.errors import HarnessError
 
 LOG = logging.getLogger(__name__)

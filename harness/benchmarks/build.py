@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.kernel import build, kconfig, source, tree
 from harness import proc
 from harness.arch import get_arch
 from harness.errors import BuildFailed, HarnessError
-from harness.layout import cache_root
+from harness.kernel import build, kconfig, source, tree
 from harness.kernel.patches import Series
+from harness.layout import cache_root
 
 
 def main(argv=None) -> int:

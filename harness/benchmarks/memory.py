@@ -16,12 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.boot import run as boottest, initramfs
 from harness import fsutil, layout
 from harness.arch import ARCHES, get_arch
+from harness.boot import initramfs
+from harness.boot import run as boottest
 from harness.boot.checks import memory_stress
-from harness.errors import HarnessError
 from harness.boot.vm import Vm, detect_accel
+from harness.errors import HarnessError
 
 LOG = logging.getLogger(__name__)
 GIB_MIB = 1024

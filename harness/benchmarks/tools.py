@@ -23,12 +23,17 @@ from pathlib import Path
 
 from harness import proc
 from harness.arch import get_arch
-from harness.tools.inspect import (
-    APPLIANCE_MEMSIZE, APPLIANCE_SMP, _backend_settings, close_appliance, inspect_images, open_appliance,
-)
 from harness.fsutil import atomic_write_json
 from harness.layout import default_out_dir, out_root
 from harness.tools.image import IMAGE_NAME, MANIFEST_NAME
+from harness.tools.inspect import (
+    APPLIANCE_MEMSIZE,
+    APPLIANCE_SMP,
+    _backend_settings,
+    close_appliance,
+    inspect_images,
+    open_appliance,
+)
 
 SETTINGS = [  # (label, memsize MiB or None = libguestfs default, smp, verbose)
     ("default (1280 MiB, 1 vCPU, quiet)", None, 1, False),

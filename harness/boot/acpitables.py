@@ -34,15 +34,15 @@ import logging
 import re
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
 
-from harness.boot import initramfs
 from harness import fsutil, layout
 from harness.arch import Arch
-from harness.errors import HarnessError, InfraError
+from harness.boot import initramfs
 from harness.boot.vm import Vm, VmSpec, qemu_argv
+from harness.errors import HarnessError, InfraError
 
 LOG = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pexpect
 import pexpect.fdpexpect

@@ -22,10 +22,10 @@ import stat
 import tempfile
 from pathlib import Path
 
-from harness.tools import elf
 from harness import foreign, fsutil, layout, proc
 from harness.arch import Arch
 from harness.errors import InfraError
+from harness.tools import elf
 
 LOG = logging.getLogger(__name__)
 
@@ -190,11 +190,10 @@ def build(arch: Arch, *, init_text: str = INIT_SCRIPT) -> Path:
         target = cache / f"{arch.name}-{h.hexdigest()[:16]}.cpio"
         if target.exists():
             return target
-        archive = Path(tmp) / "initramfs.cpio"
-        proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
-                  "-F", archive], step=f"initramfs-{arch.name}", log=log, cwd=root,
-                 input_text="".join(n + "\n" for n in [".", *names]), timeout=120)
-        os.replace(archive, target)
+        with fsutil.atomic_output(target) as archive:
+            proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
+                      "-F", str(archive)], step=f"initramfs-{arch.name}", log=log, cwd=root,
+                     input_text="".join(n + "\n" for n in [".", *names]), timeout=120)
     LOG.info("built %s", target)
     return target
 
@@ -228,9 +227,8 @@ def early_cpio(files: dict[str, bytes], dest: Path, *, log: Path) -> Path:
                 path.chmod(0o755)
         for path in [root, *root.rglob("*")]:
             os.utime(path, (0, 0), follow_symlinks=False)
-        archive = Path(tmp) / "early.cpio"
-        proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
-                  "-F", archive], step="early-cpio", log=log, cwd=root,
-                 input_text="".join(n + "\n" for n in sorted(names)), timeout=60)
-        os.replace(archive, dest)
+        with fsutil.atomic_output(dest) as archive:
+            proc.run(["cpio", "--quiet", "--reproducible", "--force-local", "-o", "-H", "newc", "-R", "0:0",
+                      "-F", str(archive)], step="early-cpio", log=log, cwd=root,
+                     input_text="".join(n + "\n" for n in sorted(names)), timeout=60)
     return dest

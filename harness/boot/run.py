@@ -11,24 +11,34 @@ the benchmark).
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from harness.boot import acpitables, initramfs
-from harness import proc, report
+from harness import manifest, proc, report
 from harness.arch import Arch
+from harness.boot import acpitables, initramfs
 from harness.boot.checks import (
-    Check, Guest, boot, contract, cpu_hotplug, hotplug_faults, memory_hotplug, memory_stress, migration, ptp,
-    run_check, tools_in_guest,
+    Check,
+    Guest,
+    boot,
+    contract,
+    cpu_hotplug,
+    hotplug_faults,
+    memory_hotplug,
+    memory_stress,
+    migration,
+    ptp,
+    run_check,
+    tools_in_guest,
 )
-from harness.errors import HarnessError, InfraError, InputError, InvalidArgument, KernelError
-from harness.report import CheckResult, Timer
 from harness.boot.vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
+from harness.errors import HarnessError, InfraError, InvalidArgument, KernelError
+from harness.progress import Timer
+from harness.report import CheckResult
 
 LOG = logging.getLogger(__name__)
 
@@ -102,35 +112,18 @@ def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
     return [c for c in CHECKS if c.applies(arch) and (c.name in wanted or not wanted and not c.opt_in)]
 
 
-def read_manifest(arch: Arch, out_dir: Path) -> dict:
-    path = out_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist: build the kernel first", step="boot-test") from None
-    except (OSError, ValueError) as exc:  # unreadable, or not JSON (an interrupted or edited file)
-        raise InputError(f"cannot read {path}: {exc}; rebuild the kernel", step="boot-test") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{path} is not a build manifest; rebuild the kernel", step="boot-test")
-    if manifest.get("arch") not in (arch.name, *arch.aliases):
-        raise InputError(f"{out_dir} holds a {manifest.get('arch')} kernel, not {arch.name}", step="boot-test")
-    if not manifest.get("kernelrelease"):
-        raise InputError(f"{path} names no kernelrelease", step="boot-test")
-    return manifest
-
-
 def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
               require_tools: bool = False, only: list[str] | None = None, soak: int = 1,
               acpi_override: bool = True) -> bool:
     """Boot-test the kernel in OUT; write OUT/boot/results.{json,xml}; True when nothing failed."""
     out_dir = Path(out_dir)
     memory_stress.rounds(soak)  # validates --soak before anything runs
-    manifest = read_manifest(arch, out_dir) if not dry_run or (out_dir / "manifest.json").exists() else {}
-    results = run(arch, kernel=out_dir / "vmlinuz", release=manifest.get("kernelrelease", "?"),
+    built = manifest.read(out_dir, arch, step="boot-test").data if not dry_run or manifest.exists(out_dir) else {}
+    results = run(arch, kernel=out_dir / "vmlinuz", release=built.get("kernelrelease", "?"),
                   results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
                   require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
                   acpi_override=acpi_override,
-                  meta={"variant": manifest.get("variant", ""), "version": manifest.get("version", "")})
+                  meta={"variant": built.get("variant", ""), "version": built.get("version", "")})
     return all(r.ok for r in results)
 
 

@@ -28,9 +28,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
@@ -224,7 +225,7 @@ class Qmp:
     def _run(self, coro, timeout: float, what: str):
         try:
             return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise QmpFailed(f"{what}: no answer within {timeout:.0f}s", step="qmp") from None
 
     def start_server(self, path: Path) -> None:
@@ -250,7 +251,7 @@ class Qmp:
     def _pull(self, timeout: float) -> dict | None:
         try:
             event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         event = dict(event)
         self.events.append(event)
@@ -357,7 +358,7 @@ class Vm:
         return self.incoming_uri(self._rundir)
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "Vm":
+    def __enter__(self) -> Vm:
         try:
             self.launch()
         except BaseException:

@@ -15,15 +15,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.kernel import kconfig, source, tree
-from harness import proc
+from harness import manifest, proc
 from harness.arch import Arch
 from harness.errors import (
-    BuildFailed, CommandFailed, CommandTimeout, ConfigAuditFailed, InvalidArgument, ToolMissing,
+    BuildFailed,
+    CommandFailed,
+    CommandTimeout,
+    ConfigAuditFailed,
+    InvalidArgument,
+    ToolMissing,
 )
-from harness.fsutil import atomic_copy, atomic_write_json, exclusive_lock, sha256_file
-from harness.layout import cache_root
+from harness.fsutil import atomic_copy, exclusive_lock, sha256_file
+from harness.kernel import kconfig, source, tree
 from harness.kernel.patches import Series
+from harness.layout import cache_root
+from harness.progress import timed
 from harness.tools.image import FILES_NAME, IMAGE_NAME, MANIFEST_NAME
 
 LOG = logging.getLogger(__name__)
@@ -124,7 +130,7 @@ def build(req: BuildRequest) -> dict:
     logs = out / "logs"
     with exclusive_lock(out / ".lock", step="build", what=f"output directory {out}"), \
             exclusive_lock(Path(f"{req.build_dir}.lock"), step="build", what=f"build directory {req.build_dir}"):
-        (out / "manifest.json").unlink(missing_ok=True)  # the directory is not a valid build until the end
+        manifest.invalidate(out)  # the directory is not a valid build until the end
         # The tools image belongs to the kernel that was built here before: never leave it beside a new one.
         for stale in (IMAGE_NAME, MANIFEST_NAME, FILES_NAME):
             (out / stale).unlink(missing_ok=True)
@@ -133,25 +139,15 @@ def build(req: BuildRequest) -> dict:
         logs.mkdir()
         durations: dict[str, float] = {}
 
-        def timed(name):
-            class _T:
-                def __enter__(s):
-                    s.t = time.monotonic()
-                    LOG.info("step %s", name)
-
-                def __exit__(s, *exc):
-                    durations[name] = round(time.monotonic() - s.t, 2)
-            return _T()
-
         check_toolchain(req.arch)
         pin = req.pin or source.Pin.load()
-        with timed("source"):
+        with timed(durations, "source"):
             src = source.resolve(pin, version=req.version, provider=req.provider, path=req.source_path,
                                  sha256=req.sha256, log=logs / "source.log")
         series = Series.load(req.series_dir) if req.variant.patches else Series.none()
-        with timed("unpack+patch"):
+        with timed(durations, "unpack+patch"):
             src_tree = tree.prepare(src, series, log=logs / "unpack.log")
-        with timed("config"):
+        with timed(durations, "config"):
             requests = req.variant.requests(req.arch)
             resolved = kconfig.resolve(src_tree, req.arch, req.variant, log=logs / "config.log")
             label = f"{req.arch.name}/{req.variant.name}"
@@ -168,7 +164,7 @@ def build(req: BuildRequest) -> dict:
         except (OSError, ValueError):
             expected = None
         progress = _MakeProgress(f"build {req.arch.name}/{req.variant.name}", expected)
-        with timed("make"):
+        with timed(durations, "make"):
             try:
                 proc.run(build_argv(req, req.arch.image_target, "modules"), step="make", log=build_log,
                          cwd=src_tree, env=make_env(), on_line=progress, timeout=4 * 3600)
@@ -188,7 +184,7 @@ def build(req: BuildRequest) -> dict:
         if not release.startswith(src.version):
             raise BuildFailed(f"make kernelrelease printed {release!r}, not a release of {src.version}",
                               step="kernelrelease", log=build_log)
-        with timed("collect"):
+        with timed(durations, "collect"):
             artifacts = {}
             for name, path in (("vmlinuz", req.build_dir / req.arch.image_path),
                                ("System.map", req.build_dir / "System.map"),
@@ -197,7 +193,7 @@ def build(req: BuildRequest) -> dict:
                     raise BuildFailed(f"make succeeded but {path} is missing", step="collect", log=build_log)
                 atomic_copy(path, out / name)
                 artifacts[name] = {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
-        manifest = {
+        record = {
             "arch": req.arch.name,
             "variant": req.variant.name,
             "version": src.version,
@@ -216,9 +212,9 @@ def build(req: BuildRequest) -> dict:
             "artifacts": artifacts,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        atomic_write_json(out / "manifest.json", manifest)
+        manifest.write(out, record)
         LOG.info("built %s %s in %s", req.arch.name, release, out)
-        return manifest
+        return record
 
 
 def check_committed(src_tree: Path, req: BuildRequest, version: str, resolved: Path, log: Path) -> None:

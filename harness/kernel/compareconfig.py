@@ -41,11 +41,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.kernel import contract as contract_mod
-from harness.kernel import kconfig, source
 from harness.arch import Arch, get_arch
 from harness.errors import InvalidArgument, UnsupportedArch
 from harness.fsutil import atomic_write_json, atomic_write_text
+from harness.kernel import contract as contract_mod
+from harness.kernel import kconfig, source
 from harness.layout import cache_root
 
 LOG = logging.getLogger(__name__)

@@ -6,12 +6,12 @@ import re
 import sys
 from pathlib import Path
 
-from harness.kernel import kconfig, source, tree
 from harness.arch import Arch
 from harness.errors import InvalidArgument, SourceMissing
 from harness.fsutil import atomic_write_text, sha256_file
-from harness.layout import cache_root
+from harness.kernel import kconfig, source, tree
 from harness.kernel.patches import Series
+from harness.layout import cache_root
 
 LOG = logging.getLogger(__name__)
 PRODUCTION = "production"

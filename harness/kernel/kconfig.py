@@ -17,8 +17,8 @@ from pathlib import Path
 from harness import proc
 from harness.arch import Arch
 from harness.errors import ConfigAuditFailed, InvalidArgument
-from harness.layout import CONFIGS, cache_root
 from harness.fsutil import atomic_copy, exclusive_lock
+from harness.layout import CONFIGS, cache_root
 
 LOG = logging.getLogger(__name__)
 STEP = "config"

@@ -32,7 +32,7 @@ class Series:
     patches: tuple[Patch, ...]
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> "Series":
+    def load(cls, directory: Path | None = None) -> Series:
         directory = Path(directory or DEFAULT_SERIES)
         if not directory.is_dir():
             raise InvalidArgument(f"patch series directory {directory} does not exist", step=STEP)
@@ -41,7 +41,7 @@ class Series:
         return cls(directory, patches)
 
     @classmethod
-    def none(cls) -> "Series":
+    def none(cls) -> Series:
         """No patches: the pristine tree (variants with ``patches = false``)."""
         return cls(DEFAULT_SERIES, ())
 

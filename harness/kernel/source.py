@@ -17,10 +17,15 @@ from pathlib import Path
 
 from harness import proc
 from harness.errors import (
-    ChecksumMismatch, InfraError, InvalidArgument, InvalidVersion, SourceMissing, SourceVersionMismatch,
+    ChecksumMismatch,
+    InfraError,
+    InvalidArgument,
+    InvalidVersion,
+    SourceMissing,
+    SourceVersionMismatch,
 )
-from harness.layout import CONFIGS, REPO, cache_root
 from harness.fsutil import sha256_file
+from harness.layout import CONFIGS, REPO, cache_root
 
 LOG = logging.getLogger(__name__)
 STEP = "source"
@@ -47,7 +52,7 @@ class Pin:
     path: Path
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Pin":
+    def load(cls, path: Path | None = None) -> Pin:
         path = path or CONFIGS / "kernel.toml"
         try:
             data = tomllib.loads(path.read_text())

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from harness import proc
 from harness.errors import CommandFailed, CommandTimeout, CorruptSource, SourceVersionMismatch
-from harness.layout import cache_root
 from harness.fsutil import exclusive_lock
 from harness.kernel.patches import Series
 from harness.kernel.source import Source, tarball_version_from_makefile
+from harness.layout import cache_root
 
 LOG = logging.getLogger(__name__)
 STEP = "unpack"

@@ -7,8 +7,8 @@ checked against the file size, so a truncated binary is reported as such instead
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 PT_DYNAMIC = 2
 PT_INTERP = 3

@@ -106,7 +106,7 @@ class KernelBuild:
     source_date_epoch: int
 
     @classmethod
-    def from_out(cls, arch: Arch, out_dir: Path) -> "KernelBuild":
+    def from_out(cls, arch: Arch, out_dir: Path) -> KernelBuild:
         out_dir = Path(out_dir)
         path = out_dir / "manifest.json"
         if not path.is_file():

@@ -16,18 +16,25 @@ import platform
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
-from harness.tools import elf
 from harness import report
 from harness.arch import Arch, get_arch
 from harness.errors import InfraError
 from harness.fsutil import sha256_file
 from harness.report import CheckResult
+from harness.tools import elf
 from harness.tools.image import (
-    FILES_NAME, FS_LABEL, FS_TOP_LEVEL_EXTRA, IMAGE_NAME, MANIFEST_NAME, PARTITION_TABLE, TOP_LEVEL,
+    FILES_NAME,
+    FS_LABEL,
+    FS_TOP_LEVEL_EXTRA,
+    IMAGE_NAME,
+    MANIFEST_NAME,
+    PARTITION_TABLE,
+    TOP_LEVEL,
 )
 
 LOG = logging.getLogger(__name__)
@@ -53,7 +60,7 @@ class Expectation:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, arch: Arch, out_dir: Path) -> "Expectation":
+    def load(cls, arch: Arch, out_dir: Path) -> Expectation:
         out_dir = Path(out_dir)
         problems = []
         release = None

@@ -61,8 +61,8 @@ def negative_build() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smoke_tools(smoke_build) -> dict[str, Path]:
     """{arch: OUT dir} of the smoke kernel with its tools.img built (incremental perf objdirs)."""
-    from harness.tools import image as toolsimage
     from harness.arch import get_arch
+    from harness.tools import image as toolsimage
 
     for arch in ARCHES:
         toolsimage.build_tools_image(get_arch(arch), smoke_build[arch], jobs=2)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import run as boottest, initramfs
 from harness.arch import get_arch
+from harness.boot import initramfs
+from harness.boot import run as boottest
 from harness.boot.checks import run_check
 from harness.boot.checks.memory_hotplug import CHECKS as MEMORY_CHECKS
 from harness.boot.vm import Vm, detect_accel

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from harness.kernel import configs, kconfig
 from harness.arch import ARCHES, get_arch
 from harness.fsutil import sha256_file
+from harness.kernel import configs, kconfig
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.arch import get_arch
 from harness.kernel import compareconfig as cc
 from harness.kernel import contract, kconfig
-from harness.arch import get_arch
 from harness.layout import REPO
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from harness.boot import run as boottest
 from harness.arch import get_arch
+from harness.boot import run as boottest
 
 pytestmark = pytest.mark.integration
 AMD64 = get_arch("amd64")

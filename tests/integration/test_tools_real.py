@@ -3,14 +3,14 @@ kheaders for the smoke kernels, built twice (byte-identical), then inspected in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.tools import elf, inspect, image as toolsimage
 from harness.arch import ARCHES
+from harness.tools import elf, inspect
+from harness.tools import image as toolsimage
 
 pytestmark = pytest.mark.integration
 

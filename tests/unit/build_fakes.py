@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernel import build, kconfig, patches, source
 from harness.arch import get_arch
+from harness.kernel import build, kconfig, patches, source
 from harness.layout import FIXTURES
 
 FAKELINUX = FIXTURES / "fakelinux"

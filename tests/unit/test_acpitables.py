@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import acpitables as at
-from harness.boot import run as boottest, vm
 from harness.arch import get_arch
-from harness.boot.checks import Check, Guest, run_check
-from harness.boot.checks import cpu_hotplug
+from harness.boot import acpitables as at
+from harness.boot import run as boottest
+from harness.boot import vm
+from harness.boot.checks import Check, Guest, cpu_hotplug, run_check
 from harness.layout import FIXTURES
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from harness.arch import get_arch
-from harness.errors import InfraError, InvalidArgument
 from harness.boot.vm import detect_accel, kvm_unusable_reason
+from harness.errors import InfraError, InvalidArgument
 
 AMD64 = get_arch("amd64")
 ARM64 = get_arch("arm64")

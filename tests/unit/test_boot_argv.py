@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import run as boottest, vm
 from harness.arch import ARCHES, get_arch
+from harness.boot import run as boottest
+from harness.boot import vm
 from harness.errors import InvalidArgument
 from harness.layout import FIXTURES
 

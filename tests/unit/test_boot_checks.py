@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.boot import run as boottest
 from harness.arch import get_arch
-from harness.boot.checks import Check, Guest, Skip, cpu_list, meminfo_kib, run_check
-from harness.boot.checks import cpu_hotplug, ptp, tools_in_guest
+from harness.boot import run as boottest
+from harness.boot.checks import Check, Guest, Skip, cpu_hotplug, cpu_list, meminfo_kib, ptp, run_check, tools_in_guest
 from harness.errors import CheckFailed, InvalidArgument, QemuDied
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
@@ -83,20 +82,3 @@ def test_parsers():
     assert meminfo_kib("MemTotal:        4026124 kB\nMemFree:  1 kB\n") == 4026124
 
 
-def test_manifest_is_required(tmp_path):
-    from harness.errors import InputError
-    with pytest.raises(InputError, match="build the kernel first"):
-        boottest.read_manifest(AMD64, tmp_path)
-    (tmp_path / "manifest.json").write_text('{"arch": "arm64", "kernelrelease": "x"}')
-    with pytest.raises(InputError, match="not amd64"):
-        boottest.read_manifest(AMD64, tmp_path)
-
-
-def test_unreadable_manifest_is_an_input_error(tmp_path):
-    from harness.errors import InputError
-    (tmp_path / "manifest.json").write_text("{half-writ")
-    with pytest.raises(InputError, match="cannot read"):
-        boottest.read_manifest(AMD64, tmp_path)
-    (tmp_path / "manifest.json").write_text("[]")
-    with pytest.raises(InputError, match="not a build manifest"):
-        boottest.read_manifest(AMD64, tmp_path)

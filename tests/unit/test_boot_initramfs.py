@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from harness.boot import initramfs
 from harness.arch import get_arch
+from harness.boot import initramfs
 
 AMD64 = get_arch("amd64")
 

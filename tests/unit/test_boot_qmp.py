@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from harness.errors import QemuDied
 from harness.boot.vm import Qmp, QmpFailed
+from harness.errors import QemuDied
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": []}}
 

@@ -8,14 +8,12 @@ import os
 import textwrap
 
 import pytest
+from build_fakes import PATCH_NEW_FILE, VERSION, cross_gcc, fake_tarball, sha256, tool_bin, world  # noqa: F401
 
-from harness.kernel import build, kconfig
 from harness.arch import get_arch
 from harness.errors import BuildFailed, ConfigAuditFailed, InvalidArgument, Locked, ToolMissing
 from harness.fsutil import exclusive_lock
-
-from build_fakes import (PATCH_NEW_FILE, VERSION, cross_gcc, fake_tarball, sha256,  # noqa: F401
-                         tool_bin, world)
+from harness.kernel import build, kconfig
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 HOST_TOOLS = ("make", "flex", "bison", "bc", "tar", "patch", "xz", "sh", "gcc", "ld")

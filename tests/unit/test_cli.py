@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from build_fakes import PATCH_ADD, PATCH_BAD, VERSION, cross_gcc, fake_tarball, mirror, tool_bin, world  # noqa: F401
 
-from harness.kernel import kconfig, source
 from harness.cli import main
-from harness.layout import CONFIGS
 from harness.fsutil import exclusive_lock, sha256_file
-
-from build_fakes import (PATCH_ADD, PATCH_BAD, VERSION, cross_gcc, fake_tarball, mirror, tool_bin,  # noqa: F401
-                         world)
+from harness.kernel import kconfig, source
+from harness.layout import CONFIGS
 
 BAD_SHA = "0" * 64
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.arch import get_arch
+from harness.cli import main
 from harness.kernel import compareconfig as cc
 from harness.kernel import contract, kconfig, source
-from harness.cli import main
-from harness.arch import get_arch
 from harness.layout import FIXTURES
 
 FIX = FIXTURES / "compare"

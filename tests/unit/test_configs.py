@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import pytest
+from build_fakes import cross_gcc, fake_tarball, mirror, world  # noqa: F401
 
-from harness.kernel import configs
 from harness.cli import main
 from harness.errors import InvalidArgument
+from harness.kernel import configs
 from harness.layout import CONFIGS
-
-from build_fakes import cross_gcc, fake_tarball, mirror, world  # noqa: F401
 
 AMD64_CONFIG = "linux-config-amd64-6.12.117"
 

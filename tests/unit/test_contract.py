@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.kernel import contract, kconfig, source
 from harness.arch import ARCHES
 from harness.errors import InvalidArgument
+from harness.kernel import contract, kconfig, source
 
 SAMPLE = """
 [[capability]]
@@ -119,8 +119,8 @@ def test_negative_variant_drops_what_its_tests_need_dropped():
 
 
 def test_every_proof_names_a_known_check_or_probe_item():
-    from harness.boot.run import CHECK_NAMES
     from harness.boot.checks.contract import PROBE_ITEMS
+    from harness.boot.run import CHECK_NAMES
 
     for cap in CONTRACT.capabilities:
         for proof in cap.proven_by:

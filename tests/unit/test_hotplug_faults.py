@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.boot import run as boottest
 from harness.arch import get_arch
+from harness.boot import run as boottest
 from harness.boot.checks import hotplug_faults as hf
 from harness.errors import CheckFailed
 

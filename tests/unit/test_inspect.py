@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, package
 
-from harness.tools import inspect, image as toolsimage
 from harness.arch import ARCHES
 from harness.errors import InfraError
-
-from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, package
+from harness.tools import image as toolsimage
+from harness.tools import inspect
 
 AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
 

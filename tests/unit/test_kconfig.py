@@ -5,14 +5,13 @@ import os
 import textwrap
 
 import pytest
+from build_fakes import copy_tree, cross_gcc, fake_cross_toolchain, tool_bin, world  # noqa: F401
 
-from harness.kernel import kconfig
 from harness import proc
 from harness.arch import ARCHES, get_arch
-from harness.errors import CommandFailed, ConfigAuditFailed, InvalidArgument, ToolMissing
+from harness.errors import ConfigAuditFailed, InvalidArgument, ToolMissing
+from harness.kernel import kconfig
 from harness.layout import CONFIGS
-
-from build_fakes import copy_tree, cross_gcc, fake_cross_toolchain, tool_bin, world  # noqa: F401
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 

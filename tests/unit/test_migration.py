@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import run as boottest, vm
 from harness.arch import ARCHES, get_arch
-from harness.boot.checks import Check, Guest, migration as mig
+from harness.boot import run as boottest
+from harness.boot import vm
+from harness.boot.checks import Check, Guest
+from harness.boot.checks import migration as mig
 from harness.errors import CheckFailed, InfraError
 from harness.layout import FIXTURES
 from harness.report import CheckResult

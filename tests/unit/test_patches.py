@@ -5,13 +5,11 @@ import hashlib
 import shutil
 
 import pytest
+from build_fakes import FAKELINUX, PATCH_ADD, PATCH_BAD, PATCH_MODIFY, PATCH_NEW_FILE, fake_tarball, world  # noqa: F401
 
-from harness.kernel import patches, source, tree
 from harness.errors import InvalidArgument, PatchFailed
+from harness.kernel import patches, source, tree
 from harness.kernel.patches import Series
-
-from build_fakes import (FAKELINUX, PATCH_ADD, PATCH_BAD, PATCH_MODIFY, PATCH_NEW_FILE, fake_tarball,  # noqa: F401
-                         world)
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
@@ -127,9 +125,9 @@ def test_failing_series_leaves_no_tree_and_a_fixed_series_succeeds(world, fake_t
 
 
 def test_a_hung_patch_is_a_timeout_not_a_bad_patch(tmp_path, monkeypatch):
-    from harness.kernel import patches
     from harness import proc
     from harness.errors import CommandTimeout, PatchFailed
+    from harness.kernel import patches
 
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "0001-x.patch").write_text("--- a/x\n+++ b/x\n")

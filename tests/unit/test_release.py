@@ -6,13 +6,13 @@ import tarfile
 
 import pytest
 
+from harness import release
+from harness.arch import ARCHES
 from harness.boot import run as boottest
+from harness.errors import BuildFailed, QemuDied
 from harness.kernel import build
 from harness.tools import image as toolsimage
 from harness.tools import inspect
-from harness import release
-from harness.arch import ARCHES
-from harness.errors import BuildFailed, QemuDied
 
 
 @pytest.fixture

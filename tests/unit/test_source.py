@@ -5,14 +5,18 @@ import os
 import socket
 
 import pytest
-
-from harness.kernel import source
-from harness.errors import (
-    ChecksumMismatch, InfraError, InvalidArgument, InvalidVersion, SourceMissing, SourceVersionMismatch,
-)
-from harness.layout import CONFIGS
-
 from build_fakes import DEBIAN_PACKAGE, DEBIAN_VERSION, VERSION, fake_tarball, mirror, world  # noqa: F401
+
+from harness.errors import (
+    ChecksumMismatch,
+    InfraError,
+    InvalidArgument,
+    InvalidVersion,
+    SourceMissing,
+    SourceVersionMismatch,
+)
+from harness.kernel import source
+from harness.layout import CONFIGS
 
 BAD_SHA = "0" * 64
 

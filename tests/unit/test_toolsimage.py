@@ -10,14 +10,14 @@ import struct
 from pathlib import Path
 
 import pytest
-
-from harness.tools import elf, image as toolsimage
-from harness import foreign
-from harness.boot import initramfs
-from harness.arch import ARCHES
-from harness.errors import InfraError, InvalidArgument, SourceMissing
-
 from tools_fakes import RELEASE, SOURCE_DATE, fake_out, fake_perf, fake_tree, package
+
+from harness import foreign
+from harness.arch import ARCHES
+from harness.boot import initramfs
+from harness.errors import InfraError, InvalidArgument, SourceMissing
+from harness.tools import elf
+from harness.tools import image as toolsimage
 
 AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
 

@@ -5,12 +5,11 @@ import json
 import tarfile
 
 import pytest
-
-from harness.kernel import source, tree
-from harness.errors import CorruptSource, SourceVersionMismatch
-from harness.kernel.patches import Series
-
 from build_fakes import PATCH_NEW_FILE, VERSION, fake_tarball, sha256, world  # noqa: F401
+
+from harness.errors import CorruptSource, SourceVersionMismatch
+from harness.kernel import source, tree
+from harness.kernel.patches import Series
 
 
 def _source(world, tarball, version=None):

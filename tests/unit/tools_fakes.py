@@ -5,8 +5,9 @@ import json
 import os
 from pathlib import Path
 
-from harness.tools import elf, image as toolsimage
 from harness.arch import Arch
+from harness.tools import elf
+from harness.tools import image as toolsimage
 
 RELEASE = "6.12.117-neonvm"
 CONFIG = b"# fake kernel config\nCONFIG_IKHEADERS=m\nCONFIG_MODULE_COMPRESS_ZSTD=y\n"

@@ -1,33 +1,29 @@
 """Boot checks: one module per family, each check a function ``(guest, evidence) -> None``.
 
-A check passes by returning, is skipped by raising :class:`Skip` with the reason, fails by raising
-a KernelError (the kernel is wrong) and errors by raising an InfraError (the harness or host broke).
-It writes what it saw into ``evidence`` as it goes, so that a failure keeps its evidence too.
+Outcomes follow the one check protocol of :mod:`harness.check` (return, :class:`Skip`, KernelError,
+InfraError). A new check is a function in its family's module and an entry in that module's
+``CHECKS``; :mod:`harness.boot.run` lists the families in the order they run.
 """
 from __future__ import annotations
 
 import logging
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from harness import check as protocol
 from harness.arch import Arch
-from harness.errors import InfraError, KernelError
-from harness.report import CheckResult, Timer
+from harness.check import Skip as Skip  # re-exported: checks raise it
+from harness.report import CheckResult
 
 LOG = logging.getLogger(__name__)
-
-
-class Skip(Exception):
-    """The check cannot run here; the message says why (and, where there is one, the proof)."""
 
 
 @dataclass
 class Guest:
     """A booted VM and what the checks need to know about it."""
 
-    vm: "object"  # harness.boot.vm.Vm (not imported here to keep the checks importable without QEMU)
+    vm: object  # harness.boot.vm.Vm (not imported here to keep the checks importable without QEMU)
     arch: Arch
     accel_name: str
     release: str
@@ -86,32 +82,9 @@ class Check:
 
 
 def run_check(check: Check, guest: Guest) -> CheckResult:
-    """Run one check and turn its outcome into a CheckResult (never raises for a check's failure)."""
-    evidence: dict = {"accelerator": guest.accel_name}
-    status, reason = "pass", ""
-    with Timer() as t:
-        try:
-            check.func(guest, evidence)
-        except Skip as exc:
-            status, reason = "skip", str(exc)
-        except KernelError as exc:
-            status, reason = "fail", str(exc)
-            _keep_tail(exc, evidence)
-        except InfraError as exc:
-            status, reason = "error", str(exc)
-            _keep_tail(exc, evidence)
-        except Exception as exc:  # a harness bug: report it as an error of this check, keep going
-            LOG.error("check %s crashed:\n%s", check.name, traceback.format_exc())
-            status, reason = "error", f"harness bug: {type(exc).__name__}: {exc}"
-    LOG.info("check %s: %s %s", check.name, status, reason)
-    return CheckResult(name=check.name, status=status, reason=reason, duration=round(t.duration, 3),
-                       evidence=evidence)
-
-
-def _keep_tail(exc: Exception, evidence: dict) -> None:
-    tail = getattr(exc, "tail", None)
-    if tail:
-        evidence["console_tail"] = tail
+    """Run one boot check through the one check protocol (:func:`harness.check.run_check`)."""
+    return protocol.run_check(check.name, lambda ev: check.func(guest, ev),
+                              evidence={"accelerator": guest.accel_name})
 
 
 def meminfo_kib(text: str, key: str = "MemTotal") -> int:

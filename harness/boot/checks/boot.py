@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
+from harness.boot.checks import Check, Guest
 from harness.boot.console import scan_failures
 from harness.errors import CheckFailed
-from harness.boot.checks import Check, Guest
 
 LOG = logging.getLogger(__name__)
 

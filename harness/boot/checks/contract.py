@@ -22,13 +22,13 @@ import re
 import time
 from dataclasses import dataclass
 
-from harness.kernel import contract as contract_mod
-from harness.boot.console import GuestTimeout
-from harness.errors import CheckFailed, InfraError
-from harness.boot.initramfs import CONTRACT_PATTERNS, POWER_MARKER
-from harness.boot.vm import GUEST_HOSTNAME, GUEST_IP, GUEST_NETDEV, LOG_PORT_NAME
 from harness.boot.checks import Check, Guest, Skip
 from harness.boot.checks.tools_in_guest import mounted_tools
+from harness.boot.console import GuestTimeout
+from harness.boot.initramfs import CONTRACT_PATTERNS, POWER_MARKER
+from harness.boot.vm import GUEST_HOSTNAME, GUEST_IP, GUEST_NETDEV, LOG_PORT_NAME
+from harness.errors import CheckFailed, InfraError
+from harness.kernel import contract as contract_mod
 
 LOG = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import logging
 import re
 import time
 
-from harness.errors import CheckFailed, InfraError
 from harness.boot.checks import Check, Guest, Skip, cpu_list
+from harness.errors import CheckFailed, InfraError
 
 LOG = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 
-from harness.boot.console import scan_failures
-from harness.errors import CheckFailed
-from harness.boot.vm import VIRTIO_MEM_ID
 from harness.boot.checks import Check, Guest
 from harness.boot.checks.memory_hotplug import MIB, VIRTIO_MEM_QOM, memtotal, set_requested, wait_memtotal
+from harness.boot.console import scan_failures
+from harness.boot.vm import VIRTIO_MEM_ID
+from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from harness.errors import CheckFailed
-from harness.boot.vm import VIRTIO_MEM_ID
 from harness.boot.checks import Check, Guest, meminfo_kib
+from harness.boot.vm import VIRTIO_MEM_ID
+from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from harness.boot.console import GuestTimeout, scan_failures
-from harness.errors import CheckFailed, InvalidArgument
-from harness.boot.vm import VIRTIO_MEM_ID
 from harness.boot.checks import Check, Guest, cpu_list
 from harness.boot.checks.memory_hotplug import MIB, VIRTIO_MEM_QOM, memory_blocks, memtotal, wait_memtotal
+from harness.boot.console import GuestTimeout, scan_failures
+from harness.boot.vm import VIRTIO_MEM_ID
+from harness.errors import CheckFailed, InvalidArgument
 
 LOG = logging.getLogger(__name__)
 

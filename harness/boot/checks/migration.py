@@ -31,13 +31,18 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from harness.boot.console import scan_failures
-from harness.errors import CheckFailed, InfraError
-from harness.boot.vm import VIRTIO_MEM_ID, Vm
 from harness.boot.checks import Check, Guest
 from harness.boot.checks.memory_hotplug import (
-    MIB, VIRTIO_MEM_DRIVER, VIRTIO_MEM_QOM, memtotal, set_requested, wait_memtotal,
+    MIB,
+    VIRTIO_MEM_DRIVER,
+    VIRTIO_MEM_QOM,
+    memtotal,
+    set_requested,
+    wait_memtotal,
 )
+from harness.boot.console import scan_failures
+from harness.boot.vm import VIRTIO_MEM_ID, Vm
+from harness.errors import CheckFailed, InfraError
 
 LOG = logging.getLogger(__name__)
 

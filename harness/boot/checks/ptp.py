@@ -9,8 +9,8 @@ import logging
 import re
 import time
 
-from harness.errors import CheckFailed
 from harness.boot.checks import Check, Guest, Skip
+from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
-from harness.errors import CheckFailed
 from harness.boot.checks import Check, Guest, Skip
+from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
 
