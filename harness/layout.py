@@ -6,7 +6,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
-FIXTURES = REPO / "fixtures"
 
 
 def cache_root() -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
 import re
 import shutil
 import stat
@@ -22,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.arch import get_arch
 from harness.kernel import build, kconfig, patches, source
-from harness.layout import FIXTURES
 
 FAKELINUX = FIXTURES / "fakelinux"
 VERSION = "6.12.117"  # what fixtures/fakelinux/Makefile says
@@ -304,36 +303,6 @@ def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     world = World(tmp_path, cache, out, configs)
     world.write_pin()
     return world
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch) -> World:
-    """Private cache, out and configs/ (pin: kernel.org provider, no recorded sha256)."""
-    return make_world(tmp_path, monkeypatch)
-
-
-@pytest.fixture(scope="session")
-def fake_tarball(tmp_path_factory) -> Tarball:
-    """fixtures/fakelinux as linux-6.12.117.tar.xz, packed once (tests only read it)."""
-    return pack(tmp_path_factory.mktemp("fakelinux"))
-
-
-@pytest.fixture
-def mirror(world) -> Mirror:
-    """A kernel.org mirror on 127.0.0.1, and the world's pin pointing at it."""
-    m = Mirror(world.tmp / "mirror")
-    world.mirror_url = m.base_url
-    world.write_pin()
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def cross_gcc(tmp_path, monkeypatch) -> Path:
-    """Fake aarch64-linux-gnu-gcc/-ld first on PATH (the host's cross compiler is not needed)."""
-    bindir = fake_cross_toolchain(tmp_path / "cross-bin")
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return bindir
 
 
 PATCH_ADD = """\

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.arch import get_arch
 from harness.boot import acpitables as at
 from harness.boot import run as boottest
 from harness.boot import vm
 from harness.boot.checks import Check, Guest, cpu_hotplug, run_check
-from harness.layout import FIXTURES
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 FACP = (FIXTURES / "acpi" / "q35-cpus2-max4.FACP").read_bytes()

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.arch import ARCHES, get_arch
 from harness.boot import run as boottest
 from harness.boot import vm
 from harness.errors import InvalidArgument
-from harness.layout import FIXTURES
 
 TCG = vm.Accel("tcg", "test")
 

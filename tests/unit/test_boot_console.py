@@ -7,11 +7,11 @@ import threading
 import time
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.boot import run as boottest
 from harness.boot.console import Console, GuestCrashed, GuestTimeout, scan_failures
 from harness.errors import CheckFailed, QemuDied
-from harness.layout import FIXTURES
 
 CONSOLE = FIXTURES / "console"
 

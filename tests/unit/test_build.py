@@ -8,7 +8,7 @@ import os
 import textwrap
 
 import pytest
-from build_fakes import PATCH_NEW_FILE, VERSION, cross_gcc, fake_tarball, sha256, tool_bin, world  # noqa: F401
+from build_fakes import PATCH_NEW_FILE, VERSION, sha256, tool_bin
 
 from harness.arch import get_arch
 from harness.errors import BuildFailed, ConfigAuditFailed, InvalidArgument, Locked, ToolMissing

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from build_fakes import PATCH_ADD, PATCH_BAD, VERSION, cross_gcc, fake_tarball, mirror, tool_bin, world  # noqa: F401
+from build_fakes import PATCH_ADD, PATCH_BAD, VERSION, tool_bin
 
 from harness.cli import main
 from harness.fsutil import exclusive_lock, sha256_file

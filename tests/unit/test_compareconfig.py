@@ -9,12 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.arch import get_arch
 from harness.cli import main
 from harness.kernel import compareconfig as cc
 from harness.kernel import contract, kconfig, source
-from harness.layout import FIXTURES
 
 FIX = FIXTURES / "compare"
 TREE = FIX / "tree"

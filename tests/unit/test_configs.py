@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from build_fakes import cross_gcc, fake_tarball, mirror, world  # noqa: F401
 
 from harness.cli import main
 from harness.errors import InvalidArgument

@@ -68,8 +68,9 @@ def test_guest_side_grep_pattern_cannot_trip_the_console_watcher():
 
 
 def test_stress_dmesg_classification_catches_a_real_oops_and_oom():
+    from fixture_paths import FIXTURES
+
     from harness.boot.checks.memory_stress import DMESG_BAD
-    from harness.layout import FIXTURES
 
     oops = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")
     assert any(DMESG_BAD.search(line) for line in oops.splitlines())
@@ -80,8 +81,9 @@ def test_stress_dmesg_classification_catches_a_real_oops_and_oom():
 
 def test_the_real_hot_add_oops_is_a_console_failure():
     """The unpatched kernel's oops (captured from a real run) is what the console watcher reports."""
+    from fixture_paths import FIXTURES
+
     from harness.boot.console import scan_failures
-    from harness.layout import FIXTURES
 
     text = (FIXTURES / "console" / "amd64-smoke612-hotadd-oops.log").read_text(errors="replace")
     bad = scan_failures(text)

@@ -5,7 +5,7 @@ import os
 import textwrap
 
 import pytest
-from build_fakes import copy_tree, cross_gcc, fake_cross_toolchain, tool_bin, world  # noqa: F401
+from build_fakes import copy_tree, fake_cross_toolchain, tool_bin
 
 from harness import proc
 from harness.arch import ARCHES, get_arch

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fixture_paths import FIXTURES
 
 from harness.arch import ARCHES, get_arch
 from harness.boot import run as boottest
@@ -13,7 +14,6 @@ from harness.boot import vm
 from harness.boot.checks import Check, Guest
 from harness.boot.checks import migration as mig
 from harness.errors import CheckFailed, InfraError
-from harness.layout import FIXTURES
 from harness.report import CheckResult
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")

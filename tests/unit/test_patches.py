@@ -5,7 +5,7 @@ import hashlib
 import shutil
 
 import pytest
-from build_fakes import FAKELINUX, PATCH_ADD, PATCH_BAD, PATCH_MODIFY, PATCH_NEW_FILE, fake_tarball, world  # noqa: F401
+from build_fakes import FAKELINUX, PATCH_ADD, PATCH_BAD, PATCH_MODIFY, PATCH_NEW_FILE
 
 from harness.errors import InvalidArgument, PatchFailed
 from harness.kernel import patches, source, tree

@@ -5,7 +5,7 @@ import os
 import socket
 
 import pytest
-from build_fakes import DEBIAN_PACKAGE, DEBIAN_VERSION, VERSION, fake_tarball, mirror, world  # noqa: F401
+from build_fakes import DEBIAN_PACKAGE, DEBIAN_VERSION, VERSION
 
 from harness.errors import (
     ChecksumMismatch,

@@ -5,7 +5,7 @@ import json
 import tarfile
 
 import pytest
-from build_fakes import PATCH_NEW_FILE, VERSION, fake_tarball, sha256, world  # noqa: F401
+from build_fakes import PATCH_NEW_FILE, VERSION, sha256
 
 from harness.errors import CorruptSource, SourceVersionMismatch
 from harness.kernel import source, tree
