@@ -23,8 +23,24 @@ def _arch_arg(session: nox.Session, usage: str) -> tuple[str, list[str]]:
 
 @nox.session(name="tests")
 def tests(session: nox.Session) -> None:
-    """Run the test suite: unit tests, then the smoke kernel built, imaged, inspected and booted."""
+    """Run the test suite: lint, type check, unit tests, then the smoke kernel built, imaged,
+    inspected and booted."""
+    if not session.posargs:  # a selection of tests (`-- -k ...`) runs just those
+        lint(session)
+        typecheck(session)
     session.run("python", "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session(name="lint")
+def lint(session: nox.Session) -> None:
+    """ruff over the package, the tests and this file (rules in pyproject.toml)."""
+    session.run("ruff", "check", "harness", "tests", "noxfile.py", external=True)
+
+
+@nox.session(name="typecheck")
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package and this file (strict on the modules pyproject.toml lists)."""
+    session.run("mypy", external=True)
 
 
 @nox.session(name="unit")

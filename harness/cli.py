@@ -7,18 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-from harness.arch import ARCHES, get_arch
+from harness.arch import ARCHES, Arch, get_arch
 from harness.errors import HarnessError
 from harness.layout import default_out_dir
 
 LOG = logging.getLogger("harness")
 
 
-def _arch_out(args, arch, variant="production") -> Path:
+def _arch_out(args: argparse.Namespace, arch: Arch, variant: str = "production") -> Path:
     return Path(args.out) if getattr(args, "out", None) else default_out_dir(arch.name, variant)
 
 
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from harness.kernel import build, kconfig
 
     arch = get_arch(args.arch)
@@ -40,25 +40,25 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_configs(args) -> int:
+def cmd_configs(args: argparse.Namespace) -> int:
     from harness.kernel import configs
 
-    return configs.update(arches=[get_arch(a) for a in args.arch or ARCHES], check_only=False)
+    return configs.update(arches=[get_arch(a) for a in args.arch or ARCHES])
 
 
-def cmd_audit(args) -> int:
+def cmd_audit(args: argparse.Namespace) -> int:
     from harness.kernel import configs
 
     return configs.audit_committed(arches=[get_arch(a) for a in args.arch or ARCHES])
 
 
-def cmd_upgrade(args) -> int:
+def cmd_upgrade(args: argparse.Namespace) -> int:
     from harness.kernel import configs
 
     return configs.upgrade(args.version, debian_version=args.debian_version, sha256=args.sha256)
 
 
-def cmd_tools(args) -> int:
+def cmd_tools(args: argparse.Namespace) -> int:
     from harness.tools import image as toolsimage
 
     arch = get_arch(args.arch)
@@ -67,7 +67,7 @@ def cmd_tools(args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
+def cmd_inspect(args: argparse.Namespace) -> int:
     from harness.errors import InvalidArgument
     from harness.tools import inspect
 
@@ -78,7 +78,7 @@ def cmd_inspect(args) -> int:
     return 0 if inspect.inspect_images(items) else 1
 
 
-def cmd_boot_test(args) -> int:
+def cmd_boot_test(args: argparse.Namespace) -> int:
     from harness.boot import run as boottest
 
     arch = get_arch(args.arch)
@@ -88,14 +88,14 @@ def cmd_boot_test(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_release(args) -> int:
+def cmd_release(args: argparse.Namespace) -> int:
     from harness import release
 
     return release.run(arches=[get_arch(a) for a in args.arch or ARCHES], variant=args.variant,
                        jobs=args.jobs)
 
 
-def cmd_compare_config(args) -> int:
+def cmd_compare_config(args: argparse.Namespace) -> int:
     from harness.kernel import compareconfig
 
     return compareconfig.run(args.arch, args.reference, tree=Path(args.tree) if args.tree else None,
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        rc: int = args.func(args)
+        return rc
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

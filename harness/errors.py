@@ -11,6 +11,7 @@ Every error names the step it happened in and, where there is one, the log file 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -88,15 +89,12 @@ class CheckFailed(KernelError):
     pass
 
 
-class BootFailed(KernelError):
-    pass
-
-
 # -- infra -----------------------------------------------------------------------------------------
 class CommandFailed(InfraError):
     """An external command exited non-zero. Callers re-raise as a KernelError where it is one."""
 
-    def __init__(self, message: str, *, step: str, log=None, returncode: int | None = None, argv=None):
+    def __init__(self, message: str, *, step: str, log: Path | str | None = None, returncode: int | None = None,
+                 argv: Sequence[str] | None = None):
         super().__init__(message, step=step, log=log)
         self.returncode = returncode
         self.argv = list(argv or [])

@@ -18,14 +18,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from harness.errors import CommandFailed, CommandTimeout, ToolMissing
 
 LOG = logging.getLogger(__name__)
+#: A command-line argument: a string or a path (converted with os.fspath).
+Arg = str | os.PathLike[str]
 
 
-def quote(argv: Iterable[str]) -> str:
-    return shlex.join(str(a) for a in argv)
+def quote(argv: Iterable[Arg]) -> str:
+    return shlex.join(os.fspath(a) for a in argv)
 
 
 @dataclass
@@ -49,7 +52,7 @@ def require_tool(name: str, *, step: str, hint: str = "") -> str:
 
 
 def run(
-    argv: Sequence[str],
+    argv: Sequence[Arg],
     *,
     step: str,
     log: Path,
@@ -66,23 +69,23 @@ def run(
     Raises CommandFailed (non-zero exit) or CommandTimeout (deadline passed; the process group is
     killed). With ``check=False`` a non-zero exit is returned instead of raised.
     """
-    argv = [str(a) for a in argv]
-    require_tool(argv[0], step=step) if os.sep not in argv[0] else None
+    args: list[str] = [os.fspath(a) for a in argv]
+    require_tool(args[0], step=step) if os.sep not in args[0] else None
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    LOG.info("[%s] $ %s", step, quote(argv))
+    LOG.info("[%s] $ %s", step, quote(args))
     tail: list[str] = []
     start = time.monotonic()
     with open(log, "a", encoding="utf-8", errors="replace") as fh:
-        fh.write(f"\n### step {step}: $ {quote(argv)}\n")
+        fh.write(f"\n### step {step}: $ {quote(args)}\n")
         if cwd:
             fh.write(f"### cwd: {cwd}\n")
         fh.flush()
         proc = subprocess.Popen(
-            argv,
+            args,
             cwd=cwd,
             env=full_env,
             stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
@@ -129,46 +132,46 @@ def run(
                 timer.cancel()
         duration = time.monotonic() - start
         fh.write(f"### exit {proc.returncode} after {duration:.1f}s\n")
-    result = Result(argv, proc.returncode, log, duration, tail)
+    result = Result(args, proc.returncode, log, duration, tail)
     if timed_out.is_set():
         raise CommandTimeout(
-            f"{Path(argv[0]).name} timed out after {timeout:.0f}s", step=step, log=log,
-            returncode=proc.returncode, argv=argv,
+            f"{Path(args[0]).name} timed out after {timeout:.0f}s", step=step, log=log,
+            returncode=proc.returncode, argv=args,
         )
     if check and proc.returncode != 0:
         last = first_error(log) or next((t.strip()[:200] for t in reversed(tail) if t.strip()), "")
         raise CommandFailed(
-            f"{Path(argv[0]).name} exited {proc.returncode}" + (f": {last}" if last else ""),
-            step=step, log=log, returncode=proc.returncode, argv=argv,
+            f"{Path(args[0]).name} exited {proc.returncode}" + (f": {last}" if last else ""),
+            step=step, log=log, returncode=proc.returncode, argv=args,
         )
     return result
 
 
-def capture(argv: Sequence[str], *, step: str, cwd=None, env=None, timeout: float = 60,
-            log: Path | None = None) -> str:
+def capture(argv: Sequence[Arg], *, step: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60, log: Path | None = None) -> str:
     """Run a short command and return its stdout (for version queries and the like). With ``log``,
     the command and its output are appended there and a failure names that log."""
-    argv = [str(a) for a in argv]
-    require_tool(argv[0], step=step) if os.sep not in argv[0] else None
+    args: list[str] = [os.fspath(a) for a in argv]
+    require_tool(args[0], step=step) if os.sep not in args[0] else None
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    LOG.debug("[%s] $ %s", step, quote(argv))
+    LOG.debug("[%s] $ %s", step, quote(args))
     try:
-        cp = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        cp = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise CommandTimeout(f"{quote(argv)} timed out after {timeout}s", step=step, argv=argv, log=log) from exc
+        raise CommandTimeout(f"{quote(args)} timed out after {timeout}s", step=step, argv=args, log=log) from exc
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8", errors="replace") as fh:
-            fh.write(f"\n### step {step}: $ {quote(argv)}\n{cp.stdout}{cp.stderr}### exit {cp.returncode}\n")
+            fh.write(f"\n### step {step}: $ {quote(args)}\n{cp.stdout}{cp.stderr}### exit {cp.returncode}\n")
     if cp.returncode != 0:
         # one line: the last thing the command said (stderr first), never a multi-line dump
         said = next((ln.strip() for text in (cp.stderr, cp.stdout) for ln in reversed(text.splitlines())
                      if ln.strip()), "")
         raise CommandFailed(
-            f"{quote(argv)} exited {cp.returncode}" + (f": {said[:200]}" if said else ""), step=step,
-            returncode=cp.returncode, argv=argv, log=log,
+            f"{quote(args)} exited {cp.returncode}" + (f": {said[:200]}" if said else ""), step=step,
+            returncode=cp.returncode, argv=args, log=log,
         )
     return cp.stdout
 
@@ -197,7 +200,7 @@ class Progress:
     ``interval`` seconds so that a long step is visibly alive without flooding the log.
     """
 
-    def __init__(self, label: str, *, stream=None, interval: float = 30.0):
+    def __init__(self, label: str, *, stream: TextIO | None = None, interval: float = 30.0):
         self.label = label
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -2,6 +2,7 @@
 any failure. A release directory is written only when everything passed."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -41,8 +42,8 @@ def package(arch: Arch, out: Path, dest: Path) -> Path:
         for f in PACKAGED:
             tar.add(out / f, arcname=f"{name}/{f}")
         for sub in ("inspect", "boot"):
-            for f in sorted((out / sub).glob("results.*")):
-                tar.add(f, arcname=f"{name}/{sub}/{f.name}")
+            for result in sorted((out / sub).glob("results.*")):
+                tar.add(result, arcname=f"{name}/{sub}/{result.name}")
     return final
 
 
@@ -91,7 +92,7 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
         results.append(skipped("inspect-tools", "no tools image was built"))
     for arch in arches:
         if arch in built:
-            _step(results, f"boot-test-{arch.name}", lambda ev, arch=arch: do_boot(ev, arch))
+            _step(results, f"boot-test-{arch.name}", functools.partial(do_boot, arch=arch))
         else:
             results.append(skipped(f"boot-test-{arch.name}", "no kernel or tools image"))
     ok = all(r.status == "pass" for r in results)

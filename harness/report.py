@@ -5,10 +5,11 @@ the reason says why) or ``error`` (the harness or host broke while checking).
 """
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from harness.fsutil import atomic_write_json, atomic_write_text
 
@@ -71,9 +72,7 @@ def write(results: list[CheckResult], *, suite: str, json_path: Path, junit_path
     atomic_write_text(junit_path, ET.tostring(ts, encoding="unicode") + "\n")
 
 
-def print_table(results: list[CheckResult], *, stream=None) -> None:
-    import sys
-
+def print_table(results: list[CheckResult], *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     width = max((len(r.name) for r in results), default=10)
     for r in results:

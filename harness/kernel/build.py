@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import manifest, proc
 from harness.arch import Arch
@@ -30,7 +31,7 @@ from harness.kernel import kconfig, source, tree
 from harness.kernel.patches import Series
 from harness.layout import cache_root
 from harness.progress import timed
-from harness.tools.image import FILES_NAME, IMAGE_NAME, MANIFEST_NAME
+from harness.tools.spec import FILES_NAME, IMAGE_NAME, MANIFEST_NAME
 
 LOG = logging.getLogger(__name__)
 SUFFIX_RE = re.compile(r"^[-+.~_A-Za-z0-9]{0,40}$")
@@ -52,7 +53,7 @@ class BuildRequest:
     suffix: str | None = None
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     series_dir: Path | None = None
-    build_dir: Path | None = None
+    build_dir: Path = None  # type: ignore[assignment]  # None: the cache's, set in __post_init__
     use_ccache: bool = True
     pin: source.Pin | None = None  # default: configs/kernel.toml
 
@@ -123,7 +124,7 @@ def check_toolchain(arch: Arch) -> None:
         proc.require_tool(tool, step="toolchain", hint="run ./bootstrap to install the build dependencies")
 
 
-def build(req: BuildRequest) -> dict:
+def build(req: BuildRequest) -> dict[str, Any]:
     """Run the whole pipeline for one arch and variant; return the manifest."""
     out = req.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.arch import Arch, get_arch
 from harness.errors import InvalidArgument, UnsupportedArch
@@ -648,7 +649,8 @@ def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig
     """``picks``: (ours, the reference's) member of the choice ``option`` belongs to, when both pick one."""
     way = CHOICE if picks else direction(ours, reference)
     menu, where, symbol_reason = _symbol_facts(option, index)
-    base = dict(option=option, ours=ours, reference=reference, direction=way, menu=menu, kconfig=where)
+    base: dict[str, Any] = dict(option=option, ours=ours, reference=reference, direction=way, menu=menu,
+                                kconfig=where)
     cap = contract.requirement(option, arch)
     if cap is not None:
         base.update(capability=cap.name, needed_by=cap.needed_by)

@@ -23,18 +23,17 @@ def _logdir() -> Path:
     return d
 
 
-def _tree(pin: source.Pin, log: Path, **kw) -> tuple[source.Source, Path]:
-    src = source.resolve(pin, log=log, **kw)
+def _tree(pin: source.Pin, log: Path, provider: str | None = None) -> tuple[source.Source, Path]:
+    src = source.resolve(pin, log=log, provider=provider)
     return src, tree.prepare(src, Series.load(), log=log)
 
 
-def update(arches: list[Arch], *, check_only: bool = False, pin: source.Pin | None = None,
-           src_kw: dict | None = None) -> int:
+def update(arches: list[Arch]) -> int:
     """Resolve the production config for each arch and write it to configs/, printing the diff."""
-    pin = pin or source.Pin.load()
+    pin = source.Pin.load()
     log = _logdir() / "update-configs.log"
     log.write_text("")
-    src, src_tree = _tree(pin, log, **(src_kw or {}))
+    src, src_tree = _tree(pin, log)
     variant = kconfig.get_variant(PRODUCTION)
     for arch in arches:
         resolved = kconfig.resolve(src_tree, arch, variant, log=log)
@@ -47,8 +46,7 @@ def update(arches: list[Arch], *, check_only: bool = False, pin: source.Pin | No
                                       else "unchanged"))
         else:
             print(f"{dest.name}: new ({len(kconfig.parse_config_text(resolved.read_text()))} options)")
-        if not check_only:
-            kconfig.install(resolved, dest)
+        kconfig.install(resolved, dest)
     return 0
 
 
@@ -96,22 +94,6 @@ def audit_committed(arches: list[Arch]) -> int:
     return 0
 
 
-def _set_pin_value(text: str, section: str | None, key: str, value: str) -> str:
-    """Replace `key = "..."` in a TOML section (None: the top level), keeping comments."""
-    out, current, done = [], None, False
-    for line in text.splitlines(keepends=True):
-        m = re.match(r"^\[(\w+)\]\s*$", line)
-        if m:
-            current = m[1]
-        if not done and current == section and re.match(rf"^{key}\s*=", line):
-            line = f'{key} = "{value}"\n'
-            done = True
-        out.append(line)
-    if not done:
-        raise InvalidArgument(f"no {key} in [{section or 'top level'}] of kernel.toml", step="upgrade")
-    return "".join(out)
-
-
 def upgrade(version: str, *, debian_version: str | None = None, sha256: str | None = None) -> int:
     """Move the pin to ``version``: verify its source, resolve and audit the configs for it, show
     what changed against the current committed configs, then write the new configs and pin."""
@@ -120,15 +102,15 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     log = _logdir() / "upgrade.log"
     log.write_text("")
     text = old.path.read_text()
-    text = _set_pin_value(text, None, "version", version)
-    src_kw: dict = {}
+    text = source.set_pin_value(text, None, "version", version)
+    provider = ""
     if debian_version:
         pkg = old.debian.get("package", "")
         major_minor = ".".join(version.split(".")[:2])
         if not pkg.endswith(major_minor):
             pkg = re.sub(r"[\d.]+$", major_minor, pkg)
-            text = _set_pin_value(text, "debian", "package", pkg)
-            text = _set_pin_value(text, "debian", "tarball", f"/usr/src/{pkg}.tar.xz")
+            text = source.set_pin_value(text, "debian", "package", pkg)
+            text = source.set_pin_value(text, "debian", "tarball", f"/usr/src/{pkg}.tar.xz")
         have = source.dpkg_version(pkg)
         if have != debian_version:
             raise SourceMissing(f"{pkg} {debian_version} is not installed (have {have or 'none'}); "
@@ -136,24 +118,24 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
         tarball = Path(f"/usr/src/{pkg}.tar.xz")
         if not tarball.is_file():
             raise SourceMissing(f"{pkg} {debian_version} is installed but {tarball} is missing", step="upgrade")
-        text = _set_pin_value(text, "debian", "package_version", debian_version)
-        text = _set_pin_value(text, "debian", "sha256", sha256_file(tarball))
-        src_kw = {"provider": "debian"}
+        text = source.set_pin_value(text, "debian", "package_version", debian_version)
+        text = source.set_pin_value(text, "debian", "sha256", sha256_file(tarball))
+        provider = "debian"
     elif sha256:
-        text = _set_pin_value(text, "kernelorg", "sha256", sha256)
-        src_kw = {"provider": "kernelorg"}
+        text = source.set_pin_value(text, "kernelorg", "sha256", sha256)
+        provider = "kernelorg"
     else:
         raise InvalidArgument("upgrade needs --debian-version (Debian's linux-source) or --sha256 "
                               "(kernel.org tarball)", step="upgrade")
     # The default provider must be the one that has the new version's source: the other section of
     # the pin still describes the previous version.
-    text = _set_pin_value(text, None, "provider", src_kw["provider"])
+    text = source.set_pin_value(text, None, "provider", provider)
     tmp_pin = old.path.with_name(".kernel.toml.upgrade")
     tmp_pin.write_text(text)
     try:
         new = source.Pin.load(tmp_pin)
         new = source.Pin(new.version, new.provider, new.debian, new.kernelorg, old.path)
-        src, src_tree = _tree(new, log, **src_kw)
+        src, src_tree = _tree(new, log, provider)
         variant = kconfig.get_variant(PRODUCTION)
         resolved_by_arch = {}
         for arch in _all_arches():

@@ -100,7 +100,7 @@ class Contract:
         return None
 
 
-def _tuple(value, where: str, key: str) -> tuple[str, ...]:
+def _tuple(value: object, where: str, key: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidArgument(f"{where}: '{key}' must be a list of strings", step=STEP)
     return tuple(value)

@@ -13,12 +13,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import proc
 from harness.arch import Arch
 from harness.errors import ConfigAuditFailed, InvalidArgument
 from harness.fsutil import atomic_copy, exclusive_lock
-from harness.layout import CONFIGS, cache_root
+from harness.layout import CONFIGS as CONFIGS  # re-exported: tests point it at a private copy
+from harness.layout import cache_root
 
 LOG = logging.getLogger(__name__)
 STEP = "config"
@@ -124,7 +126,7 @@ def load_variants(path: Path | None = None) -> dict[str, Variant]:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{path}: {exc}", step=STEP) from None
 
-    def flat(name: str, seen: tuple[str, ...] = ()) -> dict:
+    def flat(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         if name not in data:
             raise InvalidArgument(f"{path}: variant {seen[-1] if seen else name!r} extends unknown {name!r}",
                                   step=STEP)

@@ -53,7 +53,7 @@ class Series:
             h.update(f"{p.name}\0{p.sha256}\n".encode())
         return h.hexdigest()
 
-    def manifest(self) -> list[dict]:
+    def manifest(self) -> list[dict[str, str]]:
         return [{"name": p.name, "sha256": p.sha256} for p in self.patches]
 
     def apply(self, tree: Path, log: Path) -> None:

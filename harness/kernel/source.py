@@ -12,17 +12,24 @@ import re
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import tomlkit
 
 from harness import proc
 from harness.errors import (
     ChecksumMismatch,
+    CommandFailed,
+    CommandTimeout,
     InfraError,
     InvalidArgument,
     InvalidVersion,
     SourceMissing,
     SourceVersionMismatch,
+    ToolMissing,
 )
 from harness.fsutil import sha256_file
 from harness.layout import CONFIGS, REPO, cache_root
@@ -31,7 +38,6 @@ LOG = logging.getLogger(__name__)
 STEP = "source"
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-PROVIDERS = ("debian", "kernelorg", "local")
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -47,8 +53,8 @@ class Pin:
 
     version: str
     provider: str
-    debian: dict
-    kernelorg: dict
+    debian: dict[str, Any]
+    kernelorg: dict[str, Any]
     path: Path
 
     @classmethod
@@ -71,6 +77,17 @@ class Pin:
                                   ("kernelorg", self.kernelorg.get("sha256", ""))) if v}
 
 
+def set_pin_value(text: str, section: str | None, key: str, value: str) -> str:
+    """Replace an existing ``key`` in a section of the pin (None: the top level), keeping comments,
+    order and layout (tomlkit); a key that is not there already is refused, not added."""
+    doc = tomlkit.parse(text)
+    table: Any = doc if section is None else doc.get(section)
+    if table is None or not hasattr(table, "get") or key not in table or isinstance(table[key], dict):
+        raise InvalidArgument(f"no {key} in [{section or 'top level'}] of kernel.toml", step="upgrade")
+    table[key] = value
+    return tomlkit.dumps(doc)
+
+
 @dataclass
 class Source:
     path: Path
@@ -78,9 +95,9 @@ class Source:
     version: str
     provider: str
     origin: str
-    details: dict = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
-    def provenance(self) -> dict:
+    def provenance(self) -> dict[str, Any]:
         return {"provider": self.provider, "origin": self.origin, "path": str(self.path),
                 "sha256": self.sha256, "version": self.version, **self.details}
 
@@ -104,7 +121,7 @@ def _expected_sha(sha: str | None) -> str | None:
 def dpkg_version(package: str) -> str | None:
     try:
         out = proc.capture(["dpkg-query", "-W", "-f=${Status}|${Version}", package], step=STEP)
-    except (proc.CommandFailed, proc.ToolMissing):
+    except (CommandFailed, ToolMissing):
         return None
     status, _, version = out.partition("|")
     return version if status.endswith(" installed") else None
@@ -159,7 +176,7 @@ def _download(url: str, dest: Path, *, timeout: float = 60) -> None:
         raise SourceMissing(f"cannot download {url}: {exc}", step=STEP) from exc
 
 
-def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict:
+def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict[str, Any]:
     """Check kernel.org's signed sha256sums.asc against a pinned keyring, where possible.
     Returns {"signature": "verified" | "not run: <why>"}; raises on a bad signature or listing."""
     configured = pin.kernelorg.get("keyring", "configs/keys/kernel.org.gpg")
@@ -174,9 +191,9 @@ def _verify_signature(pin: Pin, version: str, sha: str, log: Path) -> dict:
         return {"signature": f"not run: {exc.message}"}
     try:
         proc.run(["gpgv", "--keyring", keyring, sums], step=STEP, log=log, timeout=120)
-    except proc.CommandTimeout:  # a hang is the host's (infra), not the input's
+    except CommandTimeout:  # a hang is the host's (infra), not the input's
         raise
-    except proc.CommandFailed as exc:
+    except CommandFailed as exc:
         raise ChecksumMismatch(f"bad signature on {url}", step=STEP, log=log) from exc
     listed = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines()
               if len(line.split()) == 2 and SHA_RE.match(line.split()[0])}
@@ -250,27 +267,57 @@ def from_local(pin: Pin, version: str, path: Path, sha256: str | None) -> Source
     return Source(path, sha, version, "local", str(path), {"sha256_from": how})
 
 
+@dataclass(frozen=True)
+class SourceRequest:
+    """What the command line asked for; each provider takes what it needs from it."""
+
+    version: str
+    log: Path
+    path: Path | None = None
+    sha256: str | None = None
+
+
+Provider = Callable[[Pin, SourceRequest], Source]
+#: The source providers by name. A new provider is one function registered with :func:`provider`.
+PROVIDERS: dict[str, Provider] = {}
+
+
+def provider(name: str) -> Callable[[Provider], Provider]:
+    def register(fn: Provider) -> Provider:
+        PROVIDERS[name] = fn
+        return fn
+    return register
+
+
+@provider("debian")
+def _debian(pin: Pin, req: SourceRequest) -> Source:
+    if req.sha256:
+        raise InvalidArgument("--sha256 applies to kernel.org and local tarballs, not the Debian package", step=STEP)
+    return from_debian(pin, req.version)
+
+
+@provider("kernelorg")
+def _kernelorg(pin: Pin, req: SourceRequest) -> Source:
+    return from_kernelorg(pin, req.version, req.sha256, req.log)
+
+
+@provider("local")
+def _local(pin: Pin, req: SourceRequest) -> Source:
+    if req.path is None:
+        raise InvalidArgument("the local provider needs a tarball path", step=STEP)
+    return from_local(pin, req.version, req.path, req.sha256)
+
+
 def resolve(pin: Pin, *, version: str | None = None, provider: str | None = None,
             path: Path | None = None, sha256: str | None = None, log: Path) -> Source:
     """Pick the provider and return a verified Source. ``path`` implies the local provider."""
     version = version or pin.version
     parse_version(version)
-    if path is not None:
-        provider = "local"
-    provider = provider or pin.provider
-    if provider not in PROVIDERS:
-        raise InvalidArgument(f"unknown source provider {provider!r} (known: {', '.join(PROVIDERS)}, "
+    name = "local" if path is not None else (provider or pin.provider)
+    if name not in PROVIDERS:
+        raise InvalidArgument(f"unknown source provider {name!r} (known: {', '.join(PROVIDERS)}, "
                               "or a tarball path)", step=STEP)
-    if provider == "debian":
-        if sha256:
-            raise InvalidArgument("--sha256 applies to kernel.org and local tarballs, not the Debian package",
-                                  step=STEP)
-        return from_debian(pin, version)
-    if provider == "kernelorg":
-        return from_kernelorg(pin, version, sha256, log)
-    if path is None:
-        raise InvalidArgument("the local provider needs a tarball path", step=STEP)
-    return from_local(pin, version, path, sha256)
+    return PROVIDERS[name](pin, SourceRequest(version=version, log=log, path=path, sha256=sha256))
 
 
 def tarball_version_from_makefile(text: str) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import InvalidArgument
-from harness.kernel import configs
+from harness.kernel import configs, source
 from harness.layout import CONFIGS
 
 AMD64_CONFIG = "linux-config-amd64-6.12.117"
@@ -17,11 +17,11 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-# -- _set_pin_value -------------------------------------------------------------------------------------
+# -- set_pin_value (tomlkit) -------------------------------------------------------------------------------------
 def test_set_pin_value_keeps_everything_else():
     text = (CONFIGS / "kernel.toml").read_text()
-    new = configs._set_pin_value(text, None, "version", "6.12.200")
-    new = configs._set_pin_value(new, "kernelorg", "sha256", "a" * 64)
+    new = source.set_pin_value(text, None, "version", "6.12.200")
+    new = source.set_pin_value(new, "kernelorg", "sha256", "a" * 64)
     old_lines, new_lines = text.splitlines(), new.splitlines()
     assert len(old_lines) == len(new_lines)
     changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
@@ -35,19 +35,19 @@ def test_set_pin_value_keeps_everything_else():
 def test_set_pin_value_in_a_section_only():
     text = '# top\nversion = "1.2.3"\n\n[debian]\n# the package\npackage_version = "1"\nsha256 = ""\n' \
            '[kernelorg]\nsha256 = ""  \n'
-    assert configs._set_pin_value(text, "debian", "sha256", "x") == (
+    assert source.set_pin_value(text, "debian", "sha256", "x") == (
         '# top\nversion = "1.2.3"\n\n[debian]\n# the package\npackage_version = "1"\nsha256 = "x"\n'
         '[kernelorg]\nsha256 = ""  \n')
     # "version" does not match "package_version"
-    assert configs._set_pin_value(text, None, "version", "9.9.9").count('"9.9.9"') == 1
-    assert 'package_version = "1"' in configs._set_pin_value(text, None, "version", "9.9.9")
+    assert source.set_pin_value(text, None, "version", "9.9.9").count('"9.9.9"') == 1
+    assert 'package_version = "1"' in source.set_pin_value(text, None, "version", "9.9.9")
 
 
 @pytest.mark.parametrize("section, key", [("debian", "base_url"), ("nope", "sha256"), (None, "sha256")])
 def test_set_pin_value_missing_key(section, key):
     text = 'version = "1.2.3"\n[debian]\nsha256 = ""\n'
     with pytest.raises(InvalidArgument) as exc:
-        configs._set_pin_value(text, section, key, "x")
+        source.set_pin_value(text, section, key, "x")
     assert exc.value.step == "upgrade" and f"no {key} in [{section or 'top level'}]" in str(exc.value)
 
 

@@ -45,8 +45,16 @@ def test_missing_series_directory(tmp_path):
     assert exc.value.step == "patch"
 
 
-def test_the_repository_series_loads():
-    Series.load(patches.DEFAULT_SERIES)
+def test_the_repository_series_loads_in_order_with_its_hashes():
+    series = Series.load(patches.DEFAULT_SERIES)
+    names = [p.name for p in series.patches]
+    on_disk = sorted(p.name for p in patches.DEFAULT_SERIES.glob("*.patch"))
+    assert names == on_disk and len(names) >= 2  # the x86 memory hot-add series
+    assert names[0].startswith("0001-") and names[1].startswith("0002-")
+    for p in series.patches:
+        assert p.sha256 == hashlib.sha256(p.path.read_bytes()).hexdigest()
+        assert p.path.read_text().startswith("From ")  # git format-patch, with its provenance header
+    assert series.manifest() == [{"name": p.name, "sha256": p.sha256} for p in series.patches]
 
 
 def test_patches_are_applied_in_sorted_order(world, tmp_path):
