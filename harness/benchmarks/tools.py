@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from harness import proc
-from harness.arch import get_arch
+from harness.arch import Arch, get_arch
 from harness.fsutil import atomic_write_json
 from harness.layout import default_out_dir, out_root
-from harness.tools.image import IMAGE_NAME, MANIFEST_NAME
+from harness.progress import Timer
 from harness.tools.inspect import (
     APPLIANCE_MEMSIZE,
     APPLIANCE_SMP,
@@ -34,6 +34,7 @@ from harness.tools.inspect import (
     inspect_images,
     open_appliance,
 )
+from harness.tools.spec import IMAGE_NAME, MANIFEST_NAME
 
 SETTINGS = [  # (label, memsize MiB or None = libguestfs default, smp, verbose)
     ("default (1280 MiB, 1 vCPU, quiet)", None, 1, False),
@@ -56,22 +57,23 @@ def _env() -> dict[str, str]:
 
 
 def bare_guestfish(image: Path, log: Path) -> float:
-    start = time.monotonic()
-    proc.run(guestfish_argv(image), step="bench-guestfish", log=log, env=_env(), timeout=600)
-    return time.monotonic() - start
+    with Timer() as t:
+        proc.run(guestfish_argv(image), step="bench-guestfish", log=log, env=_env(), timeout=600)
+    return t.duration
 
 
-def python_launch(image: Path, log: Path, *, memsize, smp, verbose, cachedir=None) -> float:
-    start = time.monotonic()
-    g = open_appliance([image], log=log, memsize=memsize, smp=smp, verbose=verbose, cachedir=cachedir)
-    close_appliance(g)
-    return time.monotonic() - start
+def python_launch(image: Path, log: Path, *, memsize: int | None, smp: int | None, verbose: bool,
+                  cachedir: Path | None = None) -> float:
+    with Timer() as t:
+        g = open_appliance([image], log=log, memsize=memsize, smp=smp, verbose=verbose, cachedir=cachedir)
+        close_appliance(g)
+    return t.duration
 
 
-def timed_inspect(items) -> float:
-    start = time.monotonic()
-    inspect_images(items, stream=False)
-    return time.monotonic() - start
+def timed_inspect(items: list[tuple[Arch, Path]]) -> float:
+    with Timer() as t:
+        inspect_images(items, stream=False)
+    return t.duration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             "bound_ok": m["image"]["size"] <= 1.15 * m["tree"]["apparent_size"] + (fs.get("metadata_bytes") or 0),
         }
         s = sizes[arch.name]
-        print(f"size {arch.name}: image {s['image_bytes'] / 2**20:.1f} MiB, tree {s['tree_apparent_bytes'] / 2**20:.1f} MiB "
+        print(f"size {arch.name}: image {s['image_bytes'] / 2**20:.1f} MiB, "
+              f"tree {s['tree_apparent_bytes'] / 2**20:.1f} MiB "
               f"(x{s['ratio']:.3f}; x{s['ratio_without_metadata']:.3f} without {s['metadata_bytes'] / 2**20:.1f} MiB "
               f"of ext4+GPT metadata; bound 1.15 {'met' if s['bound_ok'] else 'MISSED'})")
     over = figures[f"inspect_{items[0][0].name}"] - base

@@ -6,16 +6,15 @@ checked against the file size, so a truncated binary is reported as such instead
 """
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PT_DYNAMIC = 2
 PT_INTERP = 3
 DT_NULL = 0
 DT_NEEDED = 1
-ET_EXEC = 2
-ET_DYN = 3
 
 Reader = Callable[[int, int], bytes]
 
@@ -31,9 +30,7 @@ class ElfInfo:
     e_type: int
     e_machine: int
     interpreter: str | None = None
-    has_dynamic: bool = False
     needed_count: int = 0
-    segments: list[int] = field(default_factory=list)
 
     @property
     def static(self) -> bool:
@@ -77,14 +74,12 @@ def parse(pread: Reader, size: int) -> ElfInfo:
             p_type, _flags, p_offset, _va, _pa, p_filesz, _memsz, _align = fields
         else:
             p_type, p_offset, _va, _pa, p_filesz, _memsz, _flags, _align = fields
-        info.segments.append(p_type)
         if p_type == PT_INTERP:
             raw_interp = _read(pread, size, p_offset, p_filesz, "PT_INTERP")
             info.interpreter = raw_interp.split(b"\0", 1)[0].decode(errors="replace")
         elif p_type == PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
     if dynamic:
-        info.has_dynamic = True
         off, length = dynamic
         ent_fmt = end + ("qQ" if is64 else "iI")
         ent = struct.calcsize(ent_fmt)
@@ -98,9 +93,7 @@ def parse(pread: Reader, size: int) -> ElfInfo:
     return info
 
 
-def parse_file(path) -> ElfInfo:
-    import os
-
+def parse_file(path: str | os.PathLike[str]) -> ElfInfo:
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
 
@@ -108,42 +101,3 @@ def parse_file(path) -> ElfInfo:
             return os.pread(fh.fileno(), count, offset)
 
         return parse(pread, size)
-
-
-def build_minimal(*, machine: int, interpreter: str | None = None, needed: int = 0,
-                  elf_class: int = 2, little_endian: bool = True) -> bytes:
-    """Return a small, well-formed ELF executable image (no code) for tests and fakes.
-
-    ``interpreter`` adds a PT_INTERP segment; ``needed`` adds a PT_DYNAMIC segment with that many
-    DT_NEEDED entries.
-    """
-    end = "<" if little_endian else ">"
-    is64 = elf_class == 2
-    ehsize = 64 if is64 else 52
-    phentsize = 56 if is64 else 32
-    segments: list[tuple[int, bytes]] = []
-    if interpreter is not None:
-        segments.append((PT_INTERP, interpreter.encode() + b"\0"))
-    if needed:
-        ent_fmt = end + ("qQ" if is64 else "iI")
-        dyn = b"".join(struct.pack(ent_fmt, DT_NEEDED, 1) for _ in range(needed)) + struct.pack(ent_fmt, DT_NULL, 0)
-        segments.append((PT_DYNAMIC, dyn))
-    segments.append((1, b"\0" * 16))  # PT_LOAD with a few bytes
-    phoff = ehsize
-    data_off = phoff + phentsize * len(segments)
-    phdrs = b""
-    payload = b""
-    for p_type, body in segments:
-        off = data_off + len(payload)
-        if is64:
-            phdrs += struct.pack(end + "IIQQQQQQ", p_type, 4, off, 0x400000 + off, 0x400000 + off,
-                                 len(body), len(body), 8)
-        else:
-            phdrs += struct.pack(end + "IIIIIIII", p_type, off, 0x400000 + off, 0x400000 + off,
-                                 len(body), len(body), 4, 4)
-        payload += body
-    ident = b"\x7fELF" + bytes([elf_class, 1 if little_endian else 2, 1, 0]) + b"\0" * 8
-    hdr_fmt = end + ("HHIQQQIHHHHHH" if is64 else "HHIIIIIHHHHHH")
-    header = ident + struct.pack(hdr_fmt, ET_EXEC, machine, 1, 0x400000, phoff, 0, 0, ehsize, phentsize,
-                                 len(segments), 0, 0, 0)
-    return header + phdrs + payload

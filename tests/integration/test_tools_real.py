@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.arch import ARCHES
-from harness.tools import elf, inspect
+from harness.tools import disk, elf, inspect, spec
 from harness.tools import image as toolsimage
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def tools_images(smoke_build) -> dict[str, Path]:
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads((out / toolsimage.MANIFEST_NAME).read_text())
+    return json.loads((out / spec.MANIFEST_NAME).read_text())
 
 
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
@@ -35,7 +35,7 @@ def test_tools_manifest_records_perf_and_sizes(tools_images, arch):
     m = _manifest(tools_images[arch])
     kernel = json.loads((tools_images[arch] / "manifest.json").read_text())
     assert m["kernelrelease"] == kernel["kernelrelease"]
-    assert m["image"]["partition_table"] == "gpt" and m["filesystem"]["label"] == "vm-tools"
+    assert m["image"]["partition_table"] == spec.PARTITION_TABLE and m["filesystem"]["label"] == spec.FS_LABEL
     assert "libtraceevent" in m["perf"]["features_on"]
     assert m["perf"]["features_on"], "FEATURE-DUMP was read"
     fs = m["filesystem"]
@@ -55,8 +55,8 @@ def _unpack(out: Path, dest: Path) -> Path:
     m = _manifest(out)
     fs_bytes = m["filesystem"]["blocks"] * m["filesystem"]["block_size"]
     fs = dest / "fs.ext4"
-    with open(out / toolsimage.IMAGE_NAME, "rb") as src, open(fs, "wb") as dst:
-        src.seek(toolsimage.ALIGN)
+    with open(out / spec.IMAGE_NAME, "rb") as src, open(fs, "wb") as dst:
+        src.seek(disk.ALIGN)
         dst.write(src.read(fs_bytes))
     root = dest / "root"
     root.mkdir()

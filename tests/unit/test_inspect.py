@@ -8,26 +8,26 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, package
+from tools_fakes import RELEASE, fake_out, fake_perf, fake_tree, junit_statuses, package
 
+from harness import proc
 from harness.arch import ARCHES
 from harness.errors import InfraError
-from harness.tools import image as toolsimage
-from harness.tools import inspect
+from harness.tools import disk, image, inspect, spec, staging
 
 AMD64, ARM64 = ARCHES["amd64"], ARCHES["arm64"]
 
 
 def test_listing_round_trip_and_walk_format():
     text = "d\t-\t-\tbin\nr\t3136\tab\tbin/perf\nl\t22\t-\tinc\n"
-    assert inspect.parse_listing(text) == {"bin": ("d", "-"), "bin/perf": ("r", "3136"), "inc": ("l", "22")}
+    assert spec.parse_listing(text) == {"bin": ("d", "-"), "bin/perf": ("r", "3136"), "inc": ("l", "22")}
     walk = [{"tsk_name": ".", "tsk_type": "d", "tsk_size": 1024, "tsk_flags": 1},
             {"tsk_name": "bin", "tsk_type": "d", "tsk_size": 1024, "tsk_flags": 1},
             {"tsk_name": "bin/perf", "tsk_type": "r", "tsk_size": 3136, "tsk_flags": 1},
             {"tsk_name": "bin/old", "tsk_type": "r", "tsk_size": 5, "tsk_flags": 2},  # unallocated
             {"tsk_name": "inc", "tsk_type": "l", "tsk_size": 22, "tsk_flags": 1},
             {"tsk_name": "$OrphanFiles", "tsk_type": "d", "tsk_size": 0, "tsk_flags": 1}]
-    assert inspect.walk_listing(walk) == inspect.parse_listing(text)
+    assert inspect.walk_listing(walk) == spec.parse_listing(text)
 
 
 def test_compare_listings_names_each_difference():
@@ -41,7 +41,7 @@ def test_compare_listings_names_each_difference():
 
 def test_tree_listing_matches_what_the_walk_would_say(tmp_path):
     tree = fake_tree(tmp_path / "t", AMD64)
-    listing = inspect.parse_listing(toolsimage.tree_listing(tree))
+    listing = spec.parse_listing(staging.tree_listing(tree))
     assert listing["bin/perf"] == ("r", str((tree / "bin" / "perf").stat().st_size))
     assert listing[f"lib/modules/{RELEASE}/build/usr/include"] == ("l", str(len("../../../../../include")))
     assert listing["lib"] == ("d", "-")
@@ -62,7 +62,7 @@ def test_expectation_requires_arch_headers(tmp_path):
 
 
 def test_launch_failure_is_infra_error_with_log(tmp_path, monkeypatch):
-    guestfs = pytest.importorskip("guestfs")
+    pytest.importorskip("guestfs")
     monkeypatch.setenv("LIBGUESTFS_BACKEND", "direct")
     monkeypatch.setenv("LIBGUESTFS_HV", "/bin/false")  # a "QEMU" that exits at once
     img = tmp_path / "x.img"
@@ -80,20 +80,19 @@ def _two_partitions(out: Path, tree: Path) -> None:
     info = package(tree, out, AMD64)
     img = out / "tools.img"
     fs = out / ".work" / "fs.ext4"
-    toolsimage.make_filesystem(tree, fs, label="vm-tools", fs_uuid=toolsimage.stable_uuid("fs", "2"),
-                               hash_seed=toolsimage.stable_uuid("h", "2"), source_date=1, log=out / "log")
-    start, size, _ = toolsimage.image_layout(fs.stat().st_size)
+    disk.make_filesystem(tree, fs, label="vm-tools", fs_uuid=image.stable_uuid("fs", "2"),
+                               hash_seed=image.stable_uuid("h", "2"), source_date=1, log=out / "log")
+    start, size, _ = disk.image_layout(fs.stat().st_size)
     second = start + size + 2048 - (start + size) % 2048
     total = (second + 4096) * 512
     img.unlink()
     with open(img, "wb") as fh:
         fh.truncate(total)
-    script = toolsimage.sfdisk_script(label_id=toolsimage.stable_uuid("d", "2"), partitions=[
-        {"start": start, "size": size, "uuid": toolsimage.stable_uuid("p1", "2"), "name": "vm-tools"},
-        {"start": second, "size": 2048, "uuid": toolsimage.stable_uuid("p2", "2"), "name": "extra"}])
-    from harness import proc
-    proc.run(toolsimage.sfdisk_argv(img), step="test", log=out / "log", input_text=script)
-    toolsimage.copy_into(fs, img, start * 512)
+    script = disk.sfdisk_script(label_id=image.stable_uuid("d", "2"), partitions=[
+        {"start": start, "size": size, "uuid": image.stable_uuid("p1", "2"), "name": "vm-tools"},
+        {"start": second, "size": 2048, "uuid": image.stable_uuid("p2", "2"), "name": "extra"}])
+    proc.run(disk.sfdisk_argv(img), step="test", log=out / "log", input_text=script)
+    disk.copy_into(fs, img, start * 512)
     _refresh_image_manifest(out, img, info)
 
 
@@ -159,18 +158,18 @@ def _build_cases(base: Path) -> dict[str, tuple]:
     out, tree = new("truncated-perf")
     package(tree, out, AMD64)
     # the tree changes after its checksums were recorded: a truncated perf in the image
-    good_listing = (out / toolsimage.FILES_NAME).read_text()
+    good_listing = (out / spec.FILES_NAME).read_text()
     with open(tree / "bin" / "perf", "r+b") as fh:
         fh.truncate(100)
     package(tree, out, AMD64)
-    (out / toolsimage.FILES_NAME).write_text(good_listing)
+    (out / spec.FILES_NAME).write_text(good_listing)
     cases["truncated-perf"] = (AMD64, out, {"perf-static-elf": "truncated", "tree": "/bin/perf is 100 bytes",
                                             "listing": "bin/perf is 100 bytes, expected"})
 
     out, tree = new("truncated-image")
     package(tree, out, AMD64)
     img = out / "tools.img"
-    start, size, _ = toolsimage.image_layout(info_fs_bytes(out))
+    start, size, _ = disk.image_layout(info_fs_bytes(out))
     os.truncate(img, (start + size) * 512 - 65536)  # primary GPT intact, the filesystem's tail cut off
     cases["truncated-image"] = (AMD64, out, {"image-file": "truncated", "*": "truncated"})
 
@@ -195,9 +194,9 @@ def test_bad_images_fail_inspection_in_one_launch(tmp_path, capsys):
     log = cases["good-amd64"][1] / "inspect" / "guestfs.log"
     assert log.read_text().count("launched in") == 1, "one appliance launch for every image"
     problems = []
-    for name, (arch, out, expect) in cases.items():
+    for name, (_arch, out, expect) in cases.items():
         data = json.loads((out / "inspect" / "results.json").read_text())
-        assert (out / "inspect" / "results.xml").is_file()
+        assert junit_statuses(out / "inspect" / "results.xml") == {c["name"]: c["status"] for c in data["checks"]}
         assert data["meta"]["images_in_launch"] == len(cases)
         by_name = {c["name"]: c for c in data["checks"]}
         failed = {n for n, c in by_name.items() if c["status"] != "pass"}

@@ -1,5 +1,6 @@
 """tools.img inside the guest: attached read-only on virtio-blk as the runner does, found by its
-label, mounted, and its perf run there."""
+label, mounted, and its perf run there. The label and perf's path are the image's contract
+(:mod:`harness.tools.spec`), the same the builder lays out and the inspection checks."""
 from __future__ import annotations
 
 import contextlib
@@ -8,28 +9,27 @@ from collections.abc import Iterator
 
 from harness.boot.checks import Check, Guest, Skip
 from harness.errors import CheckFailed
+from harness.tools import spec
 
 LOG = logging.getLogger(__name__)
 
-LABEL = "vm-tools"
 MOUNTPOINT = "/mnt/tools"
-PERF_PATHS = ("bin/perf", "usr/bin/perf")
 
 
 @contextlib.contextmanager
 def mounted_tools(guest: Guest, ev: dict, *, step: str) -> Iterator[str]:
     """Mount tools.img by its label read-only; yield the path of its perf; unmount afterwards."""
-    dev = guest.sh(f"findfs LABEL={LABEL}", step=step).strip()
+    dev = guest.sh(f"findfs LABEL={spec.FS_LABEL}", step=step).strip()
     ev["device"] = dev
     guest.sh(f"mkdir -p {MOUNTPOINT} && mount -o ro -t ext4 {dev} {MOUNTPOINT}", step=step, timeout=20)
     try:
         ev["mount"] = guest.sh(f"grep ' {MOUNTPOINT} ' /proc/mounts", step=step).strip()
-        found = guest.sh(" ; ".join(f"[ -x {MOUNTPOINT}/{p} ] && echo {MOUNTPOINT}/{p}" for p in PERF_PATHS)
-                         + " ; true", step=step).split()
+        perf = f"{MOUNTPOINT}/{spec.PERF}"
+        found = guest.sh(f"[ -x {perf} ] && echo {perf} ; true", step=step).split()
         if not found:
-            raise CheckFailed(f"no executable perf at {', '.join(PERF_PATHS)} in the {LABEL} filesystem", step=step)
-        ev["perf"] = found[0]
-        yield found[0]
+            raise CheckFailed(f"no executable perf at {spec.PERF} in the {spec.FS_LABEL} filesystem", step=step)
+        ev["perf"] = perf
+        yield perf
     finally:
         guest.console.run(f"umount {MOUNTPOINT}", step=step, check=False)
 
