@@ -38,7 +38,7 @@ def update(arches: list[Arch]) -> int:
     for arch in arches:
         resolved = kconfig.resolve(src_tree, arch, variant, log=log)
         kconfig.check(variant.requests(arch), resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION}",
-                      srcarch=arch.srcarch)
+                      arch=arch)
         dest = kconfig.committed_config_path(arch, src.version)
         if dest.is_file():
             changes = kconfig.diff(src_tree, dest, resolved, log=log)
@@ -69,8 +69,7 @@ def audit_committed(arches: list[Arch]) -> int:
         if findings:
             if src_tree is None:
                 _, src_tree = _tree(pin, log)
-            findings = kconfig.audit(requests, kconfig.parse_config_text(path.read_text()), src_tree,
-                                     arch.srcarch)
+            findings = kconfig.explain_findings(findings, requests, path, src_tree, arch, log)
             print(f"FAIL {arch.name}: {path.name}: {len(findings)} requested option(s) dropped or changed")
             for f in findings:
                 print(f"  {f.describe()}")
@@ -142,7 +141,7 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
             oldcfg = kconfig.committed_config_path(arch, old.version)
             resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
             kconfig.check(variant.requests(arch), resolved, src_tree, log=log,
-                          label=f"{arch.name}/{PRODUCTION} on {version}", srcarch=arch.srcarch)
+                          label=f"{arch.name}/{PRODUCTION} on {version}", arch=arch)
             if oldcfg.is_file():
                 changes = kconfig.diff(src_tree, oldcfg, resolved, log=log)
                 print(f"{oldcfg.name} -> linux-config-{arch.config_name}-{version}:\n{changes or '  (no change)'}")

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,25 +172,23 @@ def committed_config_path(arch: Arch, version: str) -> Path:
 class Finding:
     request: Request
     resolved: str
-    depends: tuple[str, ...]
+    cause: str = ""  # the root-cause chain (harness.kernel.explain), when the tree was evaluated
 
     def describe(self) -> str:
         text = (f"{self.request.option}: requested {self.request.value}, resolved {self.resolved} "
                 f"(asked for at {self.request.where})")
-        if self.depends:
-            text += "; Kconfig: " + " | ".join(self.depends)
+        if self.cause:
+            text += f"; why: {self.cause}"
         return text
 
 
-def audit(requests: dict[str, Request], resolved: dict[str, str], tree: Path | None = None,
-          srcarch: str | None = None) -> list[Finding]:
+def audit(requests: dict[str, Request], resolved: dict[str, str]) -> list[Finding]:
     """Every request against the resolved config. Returns the dropped or changed options."""
     findings = []
     for opt, req in requests.items():
         got = resolved.get(opt, "n")
         if _norm(got) != _norm(req.value):
-            findings.append(Finding(req, got if opt in resolved else "n (absent)",
-                                    tuple(kconfig_dependencies(tree, opt, srcarch)) if tree else ()))
+            findings.append(Finding(req, got if opt in resolved else "n (absent)"))
     return findings
 
 
@@ -198,79 +196,41 @@ def _norm(value: str) -> str:
     return value.strip().strip('"') if value.startswith('"') else value.strip()
 
 
-_CONFIG_DEF = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
-_BLOCK_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|source|comment)\b")
+def explain_findings(findings: list[Finding], requests: dict[str, Request], config_path: Path, tree: Path,
+                     arch: Arch, log: Path | None = None) -> list[Finding]:
+    """The findings with their root causes: kconfiglib evaluates the tree's Kconfig for ``arch``
+    with ``config_path`` loaded and walks each unmet dependency down to the fragment line (or
+    select, choice, missing definition) responsible. When the tree cannot be evaluated the
+    findings are returned as they are, and the reason is logged."""
+    from harness.kernel import explain  # kconfiglib: only on the failure path
 
-
-_IF = re.compile(r"^if\s+(.+?)\s*(?:#.*)?$")
-_ENDIF = re.compile(r"^endif\b")
-
-
-def _logical_lines(text: str) -> list[str]:
-    """Kconfig lines with backslash continuations joined (one entry per physical line kept)."""
-    out: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        if raw.rstrip().endswith("\\"):
-            pending += raw.rstrip()[:-1] + " "
-            out.append("")
-            continue
-        out.append(pending + raw)
-        pending = ""
-    return out
-
-
-def kconfig_dependencies(tree: Path, option: str, srcarch: str | None = None) -> list[str]:
-    """The `depends on` lines of ``option``'s Kconfig definitions, with the enclosing `if` blocks of
-    the same file (other arches' definitions skipped)."""
-    name = option.removeprefix("CONFIG_")
-    found: list[str] = []
-    for kfile in sorted(tree.rglob("Kconfig*")):
-        parts = kfile.relative_to(tree).parts
-        if not kfile.is_file() or (srcarch and parts[0] == "arch" and len(parts) > 2 and parts[1] != srcarch):
-            continue
-        try:
-            text = kfile.read_text(errors="replace")
-        except OSError:
-            continue
-        if name not in text:
-            continue
-        lines = _logical_lines(text)
-        ifs: list[str] = []
-        for i, line in enumerate(lines):
-            stripped = line.strip()
-            m = _IF.match(stripped)
-            if m:
-                ifs.append(m[1])
-                continue
-            if _ENDIF.match(stripped):
-                if ifs:
-                    ifs.pop()
-                continue
-            m = _CONFIG_DEF.match(line)
-            if not m or m[1] != name:
-                continue
-            rel = kfile.relative_to(tree)
-            deps = []
-            for nxt in lines[i + 1:]:
-                if _BLOCK_END.match(nxt):
-                    break
-                s_ = " ".join(nxt.split())
-                if s_.startswith("depends on"):
-                    deps.append(s_)
-            deps += [f"inside 'if {cond}'" for cond in ifs]
-            found.append(f"{rel}:{i + 1}: " + ("; ".join(deps) if deps else "no 'depends on'"))
-    return found or [f"no Kconfig definition of {name} in this tree"]
+    if not findings:
+        return findings
+    try:
+        kconf = explain.load(tree, arch)
+        kconf.load_config(str(config_path))
+        # every request, so that a chain can end at the fragment line that set its root cause
+        causes = {e.option: e.chain for e in explain.explain(kconf, explain.from_requests(requests.values()),
+                                                              arch=arch.name)}
+    except Exception as exc:  # the audit's verdict stands without the explanation
+        LOG.warning("[audit] no root causes: kconfiglib could not evaluate %s for %s: %s", tree, arch.name, exc)
+        if log is not None:
+            with open(log, "a") as fh:
+                fh.write(f"audit: no root causes: kconfiglib could not evaluate {tree} for {arch.name}: {exc}\n")
+        return findings
+    return [replace(f, cause=causes.get(f.request.option, "")) for f in findings]
 
 
 def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: Path,
-          label: str, srcarch: str | None = None) -> None:
-    """Audit ``config_path``; raise ConfigAuditFailed listing every dropped option (full list in log)."""
+          label: str, arch: Arch) -> None:
+    """Audit ``config_path``; raise ConfigAuditFailed with the first dropped option and its root
+    cause (the full list in the log)."""
     resolved = parse_config_text(config_path.read_text())
-    findings = audit(requests, resolved, tree, srcarch)
+    findings = audit(requests, resolved)
     if not findings:
         LOG.info("[audit] %s: all %d requested options present", label, len(requests))
         return
+    findings = explain_findings(findings, requests, config_path, tree, arch, log)
     with open(log, "a") as fh:
         fh.write(f"\n### audit of {config_path} ({label}): {len(findings)} option(s) dropped or changed\n")
         for f in findings:

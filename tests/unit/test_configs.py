@@ -24,7 +24,7 @@ def test_set_pin_value_keeps_everything_else():
     new = source.set_pin_value(new, "kernelorg", "sha256", "a" * 64)
     old_lines, new_lines = text.splitlines(), new.splitlines()
     assert len(old_lines) == len(new_lines)
-    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    changed = [(a, b) for a, b in zip(old_lines, new_lines, strict=True) if a != b]
     assert [b for _, b in changed] == ['version = "6.12.200"', f'sha256 = "{"a" * 64}"']
     assert [a for a, _ in changed][0].startswith("version = ")
     # the [kernelorg] sha256 changed, not the [debian] one
@@ -91,8 +91,7 @@ def test_audit_of_a_committed_config_missing_a_requested_option(pinned, capsys):
     assert out.splitlines()[:2] == [
         f"FAIL amd64: {AMD64_CONFIG}: 1 requested option(s) dropped or changed",
         "  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at configs/fragments/virtio.config:5); "
-        "Kconfig: drivers/virtio/Kconfig:21: depends on X86_64 || ARM64 || RISCV; depends on VIRTIO; depends on "
-        "MEMORY_HOTPLUG; depends on MEMORY_HOTREMOVE; depends on CONTIG_ALLOC; depends on EXCLUSIVE_SYSTEM_RAM; inside 'if VIRTIO_MENU'"]
+        "why: VIRTIO_MEM=n <- VIRTIO=n has no prompt, no default"]
 
 
 def test_audit_without_a_committed_config(pinned, capsys):
@@ -107,7 +106,7 @@ def test_update_configs_refuses_a_config_that_drops_a_requested_option(world, mi
     rc, out, err = run(capsys, "update-configs", "amd64")
     assert rc == 2
     assert err.startswith("error: [audit] amd64/production: CONFIG_MEMORY_HOTREMOVE: requested y, resolved n "
-                          "(absent) (asked for at configs/fragments/virtio.config:4); Kconfig: mm/Kconfig:10:")
+                          "(absent) (asked for at configs/fragments/virtio.config:4); why: MEMORY_HOTREMOVE=n <- ")
     assert not (world.configs / AMD64_CONFIG).exists()
 
 
