@@ -157,6 +157,17 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     return 0
 
 
+def drift(*, json_path: Path | None = None) -> int:
+    """The config-drift report of the committed production configs on the pinned tree."""
+    from harness.kernel import drift as drift_mod
+
+    pin = source.Pin.load()
+    log = _logdir() / "config-drift.log"
+    log.write_text("")
+    _, src_tree = _tree(pin, log)
+    return drift_mod.run(src_tree, _all_arches(), pin.version, json_path=json_path)
+
+
 def _all_arches() -> list[Arch]:
     from harness.arch import ARCHES
 
