@@ -19,15 +19,17 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from harness import fsutil, layout
-from harness.arch import ARCHES, get_arch
+from harness import fsutil, layout, manifest
+from harness.arch import ARCHES, Arch, get_arch
 from harness.boot import run as boottest
 from harness.errors import HarnessError
 
 LOG = logging.getLogger(__name__)
 
 SHELL_RATIO_TARGET = 0.5
+STEP = "bench-boot"
 
 
 def _out_dir(arch: str, given: str | None) -> tuple[Path | None, str]:
@@ -35,7 +37,7 @@ def _out_dir(arch: str, given: str | None) -> tuple[Path | None, str]:
         return Path(given), "given"
     for variant in ("production", "smoke"):
         out = layout.default_out_dir(arch, variant)
-        if (out / "manifest.json").is_file():
+        if manifest.exists(out):
             return out, variant
     return None, "no build"
 
@@ -45,14 +47,14 @@ def _debian_kernel() -> Path | None:
     return kernels[-1] if kernels else None
 
 
-def _boot_seconds(arch, kernel: Path, release: str, workdir: Path, tag: str) -> float:
-    results = boottest.run(arch, kernel=kernel, release=release, results_dir=workdir / tag, accel="tcg",
-                           only=["kernelrelease"], stream=io.StringIO())
+def _boot_seconds(arch: Arch, kernel: Path, release: str, workdir: Path, tag: str) -> float:
+    results = boottest.run(boottest.BootRequest(arch, kernel=kernel, release=release, results_dir=workdir / tag,
+                                                accel="tcg", only=["kernelrelease"]), stream=io.StringIO())
     boot = results[0]
     if boot.status != "pass" or results[1].status != "pass":
         raise SystemExit(f"bench: {kernel} did not boot cleanly: {boot.reason or results[1].reason} "
                          f"(logs in {workdir / tag})")
-    return boot.evidence["seconds_to_shell"]
+    return float(boot.evidence["seconds_to_shell"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     amd64 = get_arch("amd64")
-    figures: dict = {"accelerator": "tcg", "rounds": args.rounds}
+    figures: dict[str, Any] = {"accelerator": "tcg", "rounds": args.rounds}
     ok = True
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
@@ -74,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         if out is None or baseline is None:
             print("bench: need an amd64 build and Debian's linux-image-amd64 in /boot", file=sys.stderr)
             return 2
-        release = json.loads((out / "manifest.json").read_text())["kernelrelease"]
+        try:
+            release = manifest.read(out, amd64, step=STEP).kernelrelease
+        except HarnessError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
         base_release = baseline.name.removeprefix("vmlinuz-")
-        ours, theirs = [], []
+        ours: list[float] = []
+        theirs: list[float] = []
         for i in range(args.rounds):  # alternate, so that background load hits both alike
             ours.append(_boot_seconds(amd64, out / "vmlinuz", release, work, f"ours-{i}"))
             theirs.append(_boot_seconds(amd64, baseline, base_release, work, f"baseline-{i}"))
@@ -96,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"boot test, {name} TCG: not measured (no build in out/)")
                 continue
             try:
-                results = boottest.run(arch, kernel=arch_out / "vmlinuz",
-                                       release=json.loads((arch_out / "manifest.json").read_text())["kernelrelease"],
-                                       results_dir=work / f"full-{name}", accel="tcg",
-                                       tools_img=arch_out / "tools.img", stream=io.StringIO())
+                release = manifest.read(arch_out, arch, step=STEP).kernelrelease
+                results = boottest.run(boottest.BootRequest(arch, kernel=arch_out / "vmlinuz", release=release,
+                                                            results_dir=work / f"full-{name}", accel="tcg",
+                                                            tools_img=arch_out / "tools.img"),
+                                       stream=io.StringIO())
             except HarnessError as exc:
                 lines.append(f"boot test, {name}: could not run: {exc}")
                 ok = False
@@ -112,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "ratio_to_budget": round(wall / budget, 3),
                                             "x_baseline_boot": round(wall / m_base, 2), "failed": bad,
                                             "statuses": {r.name: r.status for r in results}}
-            lines.append(f"boot test, {name} TCG, all checks ({arch_variant}): {wall:.1f}s = {wall / budget:.2f} of the "
-                         f"{budget:.0f}s budget, {wall / m_base:.1f}x Debian's boot to shell"
+            lines.append(f"boot test, {name} TCG, all checks ({arch_variant}): {wall:.1f}s = {wall / budget:.2f} "
+                         f"of the {budget:.0f}s budget, {wall / m_base:.1f}x Debian's boot to shell"
                          + (f"; FAILED checks: {', '.join(bad)}" if bad else "")
                          + ("" if wall <= budget else " MISSED"))
     for line in lines:

@@ -9,18 +9,18 @@ out/bench/memory.json. Under TCG here; the accelerator is in the output.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from harness import fsutil, layout
+from harness import fsutil, layout, manifest
 from harness.arch import ARCHES, get_arch
 from harness.boot import initramfs
 from harness.boot import run as boottest
-from harness.boot.checks import memory_stress
+from harness.boot.checks import Guest, memory_stress
 from harness.boot.vm import Vm, detect_accel
 from harness.errors import HarnessError
 
@@ -32,13 +32,14 @@ STEP = "bench-memory"
 def _out_dir(arch: str) -> tuple[Path | None, str]:
     for variant in ("production", "smoke"):
         out = layout.default_out_dir(arch, variant)
-        if (out / "manifest.json").is_file():
+        if manifest.exists(out):
             return out, variant
     return None, "no build"
 
 
-def _cycle(guest, rounds: int) -> dict[str, list[float]]:
-    grow, shrink = [], []
+def _cycle(guest: Guest, rounds: int) -> dict[str, list[float]]:
+    grow: list[float] = []
+    shrink: list[float] = []
     for _ in range(rounds):
         for target, into in ((GIB_MIB, grow), (0, shrink)):
             rec = memory_stress._resize(guest, target, STEP)
@@ -48,18 +49,18 @@ def _cycle(guest, rounds: int) -> dict[str, list[float]]:
     return {"grow_s": grow, "shrink_s": shrink}
 
 
-def measure(arch_name: str, rounds: int, workdir: Path) -> dict:
+def measure(arch_name: str, rounds: int, workdir: Path) -> dict[str, Any]:
     arch = get_arch(arch_name)
     out, variant = _out_dir(arch.name)
     if out is None:
         raise HarnessError(f"no built {arch.name} kernel (out/{arch.name} or out/smoke-{arch.name})", step=STEP)
-    manifest = json.loads((out / "manifest.json").read_text())
+    release = manifest.read(out, arch, step=STEP).kernelrelease
     acc = detect_accel(arch)
     disk = boottest.make_data_disk(workdir / f"{arch.name}.pgdata.img", log=workdir / f"{arch.name}.disk.log")
     spec = boottest.vm_spec(arch=arch, kernel=out / "vmlinuz", initrd=initramfs.build(arch), accel=acc,
                             data_disk=disk)
     with Vm(spec, log_dir=workdir, tag=f"bench-memory-{arch.name}") as vm:
-        boot, guest = boottest.boot_guest(vm, arch=arch, accel=acc, release=manifest["kernelrelease"],
+        boot, guest = boottest.boot_guest(vm, arch=arch, accel=acc, release=release,
                                           timeout=arch.boot_timeout_tcg)
         if guest is None:
             raise HarnessError(f"{arch.name} did not boot: {boot.reason}", step=STEP)
@@ -73,7 +74,7 @@ def measure(arch_name: str, rounds: int, workdir: Path) -> dict:
             memory_stress.stop_load(guest, load, STEP)
     med = {k: statistics.median(v) for k, v in {**{f"idle_{k}": v for k, v in idle.items()},
                                                  **{f"loaded_{k}": v for k, v in loaded.items()}}.items()}
-    return {"arch": arch.name, "variant": variant, "kernelrelease": manifest["kernelrelease"],
+    return {"arch": arch.name, "variant": variant, "kernelrelease": release,
             "accelerator": acc.name, "rounds": rounds, "hog_mib": load.hog_mib, "workload_survived": alive,
             "idle": idle, "loaded": loaded, "median": med,
             "ratio_grow": round(med["loaded_grow_s"] / med["idle_grow_s"], 2),

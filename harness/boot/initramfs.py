@@ -4,8 +4,9 @@ It holds Debian's static busybox, an ``/init`` script that mounts the API filesy
 busybox ``acpid`` (the ACPI power button powers the guest off, as the NeonVM guest's acpid does
 after stopping Postgres) and leaves a shell on the console for pexpect, ``phc-read``, a tiny static
 C program that reads a PTP hardware clock (busybox has no PHC reader), and ``contract-probe``
-(harness/probe/contract-probe.c), which asks the kernel for what a compute's userspace needs. The archive is ``cpio -H newc`` with sorted names,
-mtime 0 and owner root, so the same inputs always give the same bytes; it is cached under
+(harness/boot/probe/contract-probe.c), which asks the kernel for what a compute's userspace needs.
+The archive is ``cpio -H newc`` with sorted names, mtime 0 and owner root, so the same inputs
+always give the same bytes; it is cached under
 ``layout.cache_root()/initramfs/`` by the hash of those inputs.
 
 busybox comes from the host's ``busybox-static`` package when the host runs that architecture, and

@@ -6,8 +6,8 @@ online and the QMP mode has free slots to hot-add into. Results go to ``OUT/boot
 ``results.json``, ``results.xml`` (JUnit), ``boot.console.log`` and ``boot.qemu.log``.
 
 :func:`boot_test` takes a build's OUT directory (its ``manifest.json`` names the release);
-:func:`run` takes a kernel path and the expected release directly (Debian's kernel, negative tests,
-the benchmark).
+:func:`run` takes a :class:`BootRequest`, which names a kernel path and the expected release
+directly (Debian's kernel, negative tests, the benchmarks).
 """
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 from harness import manifest, proc, report
 from harness.arch import Arch
@@ -36,6 +38,7 @@ from harness.boot.checks import (
     tools_in_guest,
 )
 from harness.boot.vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
+from harness.check import skipped
 from harness.errors import HarnessError, InfraError, InvalidArgument, KernelError
 from harness.progress import Timer
 from harness.report import CheckResult
@@ -47,7 +50,7 @@ LOG = logging.getLogger(__name__)
 # the migrated VM, tools, the capability contract, and last the power button, which ends the VM.
 # cpu-qmp runs after the migration on purpose: under TCG, QEMU before 10.0.5 leaves an unplugged
 # vCPU's memory listener behind and a later migration of that QEMU can hang in setup
-# (harness/checks/migration.py, TCG_UNPLUG_BUG); a destination never had a vCPU unplugged.
+# (harness/boot/checks/migration.py, TCG_UNPLUG_BUG); a destination never had a vCPU unplugged.
 _CPU_QMP = [c for c in cpu_hotplug.CHECKS if c.name == "cpu-qmp"]
 CHECKS: list[Check] = [
     *boot.CHECKS,
@@ -96,9 +99,9 @@ def make_data_disk(path: Path, *, log: Path) -> Path:
     with open(tmp, "wb") as fh:
         fh.truncate(DATA_DISK_MIB << 20)
     step = "data-disk"
-    proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, tmp], step=step, log=log, timeout=60)
-    proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", tmp], step=step, log=log, timeout=60)
-    proc.run(["tune2fs", "-E", "mount_opts=prjquota", tmp], step=step, log=log, timeout=60)
+    proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, str(tmp)], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", str(tmp)], step=step, log=log, timeout=60)
+    proc.run(["tune2fs", "-E", "mount_opts=prjquota", str(tmp)], step=step, log=log, timeout=60)
     tmp.replace(path)
     return path
 
@@ -112,6 +115,34 @@ def select_checks(arch: Arch, only: Iterable[str] | None) -> list[Check]:
     return [c for c in CHECKS if c.applies(arch) and (c.name in wanted or not wanted and not c.opt_in)]
 
 
+@dataclass(frozen=True)
+class BootRequest:
+    """One boot test: what to boot, which checks to run and where the results go.
+
+    ``arch`` is positional, the rest by keyword; the defaults are the command line's."""
+
+    arch: Arch
+    _: KW_ONLY
+    kernel: Path
+    release: str  # the kernelrelease the guest must report
+    results_dir: Path  # results.json, results.xml and the logs
+    accel: str | Accel = "auto"  # "auto", "kvm", "tcg" or an already detected Accel
+    tools_img: Path | None = None  # attached when the file exists
+    require_tools: bool = False  # a missing tools image fails the tools check instead of skipping it
+    only: Sequence[str] | None = None  # check names; None: every check that applies (not the opt-in ones)
+    options: Mapping[str, Any] = field(default_factory=dict)  # check parameters (e.g. soak)
+    dry_run: bool = False  # print the plan and QEMU's argv, run nothing
+    cmdline_extra: tuple[str, ...] = ()
+    boot_timeout: float | None = None  # default: the arch's, for the accelerator
+    init_text: str | None = None  # another /init for the test initramfs (negative tests)
+    tag: str = "boot"  # the prefix of the log files
+    meta: Mapping[str, Any] = field(default_factory=dict)  # more for results.json's meta
+    write_results: bool = True
+    # Where QMP vCPU hotplug is tested under TCG, boot with online-capable FACP and APIC in an early
+    # initrd cpio (harness/boot/acpitables.py); never under KVM.
+    acpi_override: bool = True
+
+
 def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = "auto",
               require_tools: bool = False, only: list[str] | None = None, soak: int = 1,
               acpi_override: bool = True) -> bool:
@@ -119,85 +150,74 @@ def boot_test(arch: Arch, out_dir: Path, *, dry_run: bool = False, accel: str = 
     out_dir = Path(out_dir)
     memory_stress.rounds(soak)  # validates --soak before anything runs
     built = manifest.read(out_dir, arch, step="boot-test").data if not dry_run or manifest.exists(out_dir) else {}
-    results = run(arch, kernel=out_dir / "vmlinuz", release=built.get("kernelrelease", "?"),
-                  results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
-                  require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
-                  acpi_override=acpi_override,
-                  meta={"variant": built.get("variant", ""), "version": built.get("version", "")})
+    results = run(BootRequest(arch, kernel=out_dir / "vmlinuz", release=built.get("kernelrelease", "?"),
+                              results_dir=out_dir / "boot", tools_img=out_dir / "tools.img", accel=accel,
+                              require_tools=require_tools, only=only, dry_run=dry_run, options={"soak": soak},
+                              acpi_override=acpi_override,
+                              meta={"variant": built.get("variant", ""), "version": built.get("version", "")}))
     return all(r.ok for r in results)
 
 
-def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str | Accel = "auto",
-        tools_img: Path | None = None, require_tools: bool = False, only: Iterable[str] | None = None,
-        options: dict | None = None,
-        dry_run: bool = False, cmdline_extra: tuple[str, ...] = (), boot_timeout: float | None = None,
-        init_text: str | None = None, tag: str = "boot", meta: dict | None = None,
-        write_results: bool = True, stream=None, acpi_override: bool = True) -> list[CheckResult]:
-    """Boot ``kernel`` once and run the selected checks; return their results (and write them).
+def run(req: BootRequest, *, stream: TextIO | None = None) -> list[CheckResult]:
+    """Boot ``req.kernel`` once and run the selected checks; return their results (and write them
+    unless ``req.write_results`` is off). ``stream`` gets the summary (default: stdout)."""
+    out = stream or sys.stdout
+    arch, results_dir, tag = req.arch, Path(req.results_dir), req.tag
+    checks = select_checks(arch, req.only)
+    acc = req.accel if isinstance(req.accel, Accel) else detect_accel(arch, req.accel)
+    timeout = req.boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
+    tools_img = Path(req.tools_img) if req.tools_img else None
+    data_disk = results_dir / f"{tag}.pgdata.img"
 
-    ``acpi_override``: where QMP vCPU hotplug is tested under TCG, boot with online-capable FACP and
-    APIC in an early initrd cpio (harness/acpitables.py); never under KVM."""
-    stream = stream or sys.stdout
-    checks = select_checks(arch, only)
-    acc = accel if isinstance(accel, Accel) else detect_accel(arch, accel)
-    timeout = boot_timeout or (arch.boot_timeout_kvm if acc.name == "kvm" else arch.boot_timeout_tcg)
-    tools_img = Path(tools_img) if tools_img else None
-    spec_args = dict(arch=arch, kernel=Path(kernel), accel=acc, cmdline_extra=tuple(cmdline_extra),
-                     tools_img=tools_img if tools_img and tools_img.is_file() else None,
-                     data_disk=Path(results_dir) / f"{tag}.pgdata.img")
+    def spec_for(initrd: Path) -> VmSpec:
+        return vm_spec(arch=arch, kernel=Path(req.kernel), initrd=initrd, accel=acc,
+                       cmdline_extra=tuple(req.cmdline_extra), data_disk=data_disk,
+                       tools_img=tools_img if tools_img and tools_img.is_file() else None)
+
     acpi_wanted = acpitables.needed(arch, acc.name, [c.name for c in checks])
-    if dry_run:
-        spec = vm_spec(initrd=Path("$INITRAMFS"), **spec_args)
-        print(f"# accelerator: {acc.name} ({acc.reason}); boot timeout {timeout}s", file=stream)
-        if acpi_wanted and acpi_override:
-            print("# initrd: early cpio of online-capable FACP and APIC (QEMU's own, read by a first boot of this "
-                  "VM, then cached) + $INITRAMFS", file=stream)
-        print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
-        print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
-        if any(c.name == migration.CHECK_NAME for c in checks):
-            dest = Vm(spec, log_dir=results_dir, tag=migration.dest_tag(tag, 1), incoming=True)
-            print("# migration destination (one per round, each with its own sockets and logs):", file=stream)
-            print(proc.quote(dest.argv("$RUNDIR_DEST")), file=stream)
+    if req.dry_run:
+        _print_plan(spec_for(Path("$INITRAMFS")), checks, results_dir=results_dir, tag=tag, timeout=timeout,
+                    acpi=acpi_wanted and req.acpi_override, stream=out)
         return []
     started = time.monotonic()
-    meta = {"arch": arch.name, "kernel": str(kernel), "kernelrelease": release, "accelerator": acc.name,
-            "accelerator_reason": acc.reason, **(meta or {})}
+    meta: dict[str, Any] = {"arch": arch.name, "kernel": str(req.kernel), "kernelrelease": req.release,
+                            "accelerator": acc.name, "accelerator_reason": acc.reason, **req.meta}
     results: list[CheckResult] = []
     try:
-        initrd = initramfs.build(arch, **({"init_text": init_text} if init_text else {}))
+        initrd = initramfs.build(arch, **({"init_text": req.init_text} if req.init_text else {}))
         meta["initramfs"] = str(initrd)
         meta["qemu"] = _qemu_version(arch)
-        make_data_disk(spec_args["data_disk"], log=Path(results_dir) / f"{tag}.data-disk.log")
-        spec = vm_spec(initrd=initrd, **spec_args)
-        if acpi_wanted and acpi_override:
+        make_data_disk(data_disk, log=results_dir / f"{tag}.data-disk.log")
+        spec = spec_for(initrd)
+        if acpi_wanted and req.acpi_override:
             spec, meta["acpi_override"] = acpitables.apply(spec, qemu_version=meta["qemu"],
-                                                           log_dir=Path(results_dir), boot_timeout=timeout)
+                                                           log_dir=results_dir, boot_timeout=timeout)
             meta["initrd"] = str(spec.initrd)
         elif acpi_wanted:
             meta["acpi_override"] = {"off": "disabled (--no-acpi-override)"}
-        with Vm(spec, log_dir=Path(results_dir), tag=tag) as vm:
+        with Vm(spec, log_dir=results_dir, tag=tag) as vm:
             meta["kernel_cmdline"] = kernel_cmdline(spec)
-            result, guest = boot_guest(vm, arch=arch, accel=acc, release=release, timeout=timeout,
-                                       tools_img=tools_img, require_tools=require_tools)
+            result, guest = boot_guest(vm, arch=arch, accel=acc, release=req.release, timeout=timeout,
+                                       tools_img=tools_img, require_tools=req.require_tools)
             if guest is not None:
-                guest.options = dict(options or {})
+                guest.options = dict(req.options)
                 if "acpi_override" in meta:
                     guest.options["acpi_override"] = meta["acpi_override"]
             results.append(result)
             try:
                 for check in checks:
                     if guest is None:
-                        results.append(CheckResult(check.name, "skip", "not run: the boot failed (see check boot)"))
+                        results.append(skipped(check.name, "the boot failed (see check boot)"))
                     elif guest.powered_off:
                         results.append(CheckResult(check.name, "error", "not run: the guest was powered off"))
                     elif guest.lost:
-                        results.append(CheckResult(check.name, "skip", f"not run: {guest.lost}"))
+                        results.append(skipped(check.name, guest.lost))
                     else:
                         results.append(run_check(check, guest))
             finally:  # every QEMU the checks started (migration destinations), whatever happened
                 for problem in guest.teardown() if guest is not None else []:
                     results.append(CheckResult("teardown", "error", problem))
-        Path(spec_args["data_disk"]).unlink(missing_ok=True)  # written by the guest; nothing to keep
+        data_disk.unlink(missing_ok=True)  # written by the guest; nothing to keep
     except HarnessError as exc:  # QEMU would not start, initramfs could not be built, ...
         status = "fail" if isinstance(exc, KernelError) else "error"
         if not results:
@@ -205,28 +225,42 @@ def run(arch: Arch, *, kernel: Path, release: str, results_dir: Path, accel: str
         else:
             results.append(CheckResult("teardown", status, str(exc)))
     meta["wall_seconds"] = round(time.monotonic() - started, 2)
-    if write_results:
-        results_dir = Path(results_dir)
+    if req.write_results:
         report.write(results, suite=f"boot-test-{arch.name}", json_path=results_dir / "results.json",
                      junit_path=results_dir / "results.xml", meta=meta)
-    print(f"boot test of {release} ({arch.name}, {acc.name}: {acc.reason}) in {meta['wall_seconds']:.1f}s",
-          file=stream)
-    report.print_table(results, stream=stream)
+    print(f"boot test of {req.release} ({arch.name}, {acc.name}: {acc.reason}) in {meta['wall_seconds']:.1f}s",
+          file=out)
+    report.print_table(results, stream=out)
     for r in results:
         if r.status in ("fail", "error") and r.evidence.get("console_tail"):
-            print(f"--- last console lines ({r.name}):", file=stream)
+            print(f"--- last console lines ({r.name}):", file=out)
             for line in r.evidence["console_tail"][-15:]:
-                print(f"    {line}", file=stream)
-    if write_results:
-        print(f"results: {Path(results_dir) / 'results.json'}; logs: {Path(results_dir)}/{tag}.*.log", file=stream)
+                print(f"    {line}", file=out)
+    if req.write_results:
+        print(f"results: {results_dir / 'results.json'}; logs: {results_dir}/{tag}.*.log", file=out)
     return results
+
+
+def _print_plan(spec: VmSpec, checks: list[Check], *, results_dir: Path, tag: str, timeout: float, acpi: bool,
+                stream: TextIO) -> None:
+    """--dry-run: the accelerator, the checks and QEMU's command line(s), exactly as they would run."""
+    print(f"# accelerator: {spec.accel.name} ({spec.accel.reason}); boot timeout {timeout}s", file=stream)
+    if acpi:
+        print("# initrd: early cpio of online-capable FACP and APIC (QEMU's own, read by a first boot of this "
+              "VM, then cached) + $INITRAMFS", file=stream)
+    print(f"# checks: {', '.join([BOOT_CHECK, *(c.name for c in checks)])}", file=stream)
+    print(proc.quote(Vm(spec, log_dir=results_dir, tag=tag).argv("$RUNDIR")), file=stream)
+    if any(c.name == migration.CHECK_NAME for c in checks):
+        dest = Vm(spec, log_dir=results_dir, tag=migration.dest_tag(tag, 1), incoming=True)
+        print("# migration destination (one per round, each with its own sockets and logs):", file=stream)
+        print(proc.quote(dest.argv("$RUNDIR_DEST")), file=stream)
 
 
 def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float,
                tools_img: Path | None = None, require_tools: bool = False) -> tuple[CheckResult, Guest | None]:
     """Wait for the test init's shell; the ``boot`` result, and a Guest when the shell answers."""
-    ev: dict = {"accelerator": accel.name, "console_log": str(vm.console_log), "qemu_log": str(vm.qemu_log),
-                "boot_timeout_s": timeout}
+    ev: dict[str, Any] = {"accelerator": accel.name, "console_log": str(vm.console_log),
+                          "qemu_log": str(vm.qemu_log), "boot_timeout_s": timeout}
     guest = None
     with Timer() as t:
         try:
@@ -242,10 +276,10 @@ def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float
             status, reason = "pass", ""
         except KernelError as exc:
             status, reason = "fail", str(exc)
-            ev["console_tail"] = getattr(exc, "tail", None) or vm.console.tail()
+            ev["console_tail"] = getattr(exc, "tail", None) or vm.console_tail()
         except InfraError as exc:
             status, reason = "error", str(exc)
-            ev["console_tail"] = vm.console.tail() if vm.console else []
+            ev["console_tail"] = vm.console_tail()
     ev["seconds_since_qemu_start"] = round(time.monotonic() - vm.started, 2)
     return CheckResult(BOOT_CHECK, status, reason, round(t.duration, 3), ev), guest
 

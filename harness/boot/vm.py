@@ -10,12 +10,11 @@
   ``Vm(..., incoming=True)`` is a live-migration destination, started like the NeonVM runner's
   target: the very same argv plus ``-incoming`` on a Unix socket in its own run directory
   (:attr:`Vm.migration_uri`), its own console, QMP and logs.
-* :class:`Qmp` drives QMP through ``qemu.qmp.QMPClient`` on a private asyncio loop: every command
-  and every event wait has a deadline.
+* QMP is :class:`harness.boot.qmp.Qmp` (QEMU's own ``qemu.qmp`` library with the harness' errors
+  and event waits): every command and every event wait has a deadline.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -28,16 +27,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+from typing import Any, Literal, TextIO
 
 from harness import proc
 from harness.arch import Arch
 from harness.boot.console import Console, GuestCrashed
+from harness.boot.qmp import Qmp
 from harness.errors import HarnessError, InfraError, InvalidArgument, QemuDied, ToolMissing
 
 LOG = logging.getLogger(__name__)
@@ -58,10 +55,6 @@ ACCELS = ("auto", "kvm", "tcg")
 # SHUTDOWN reasons that mean the guest itself went away (a kernel problem, not the host's).
 PR_SET_PDEATHSIG = 1
 GUEST_SHUTDOWN_REASONS = ("guest-reset", "guest-shutdown", "guest-panic")
-
-
-class QmpFailed(InfraError):
-    """QMP refused a command or gave no answer: the host side of the test broke."""
 
 
 @dataclass(frozen=True)
@@ -210,101 +203,13 @@ def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, l
     return argv
 
 
-class Qmp:
-    """A synchronous face on ``QMPClient``: the harness listens, QEMU connects."""
-
-    def __init__(self, name: str, *, on_lost: Callable[[], HarnessError]):
-        self._loop = asyncio.new_event_loop()
-        self._client = QMPClient(name)
-        self._listener = EventListener()
-        self._client.register_listener(self._listener)
-        self._pending: list[dict] = []  # received but not yet consumed by wait_event
-        self.events: list[dict] = []  # every event seen, for evidence
-        self.on_lost = on_lost
-
-    def _run(self, coro, timeout: float, what: str):
-        try:
-            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
-        except TimeoutError:
-            raise QmpFailed(f"{what}: no answer within {timeout:.0f}s", step="qmp") from None
-
-    def start_server(self, path: Path) -> None:
-        self._run(self._client.start_server(str(path)), 10, "QMP listen")
-
-    def accept(self, *, timeout: float) -> None:
-        try:
-            self._run(self._client.accept(), timeout, "QMP connection from QEMU")
-        except QMPError as exc:
-            raise QmpFailed(f"QMP handshake failed: {exc}", step="qmp") from exc
-
-    def execute(self, cmd: str, args: dict | None = None, *, timeout: float = 10) -> Any:
-        LOG.debug("QMP -> %s %s", cmd, args or "")
-        try:
-            result = self._run(self._client.execute(cmd, args), timeout, f"QMP {cmd}")
-        except ExecuteError as exc:
-            raise QmpFailed(f"QMP {cmd} {args or ''} refused: {exc}", step="qmp") from exc
-        except (QMPError, OSError, EOFError) as exc:
-            raise self.on_lost() from exc
-        LOG.debug("QMP <- %s", result)
-        return result
-
-    def _pull(self, timeout: float) -> dict | None:
-        try:
-            event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), timeout))
-        except TimeoutError:
-            return None
-        event = dict(event)
-        self.events.append(event)
-        return event
-
-    def wait_event(self, name: str, *, timeout: float, match: Callable[[dict], bool] = lambda d: True,
-                   step: str) -> dict | None:
-        """Wait for event ``name`` whose data satisfies ``match``; earlier unconsumed events count.
-
-        Returns None at the deadline: the caller knows whether a missing event is the guest's fault.
-        """
-        for ev in list(self._pending):
-            if ev["event"] == name and match(ev.get("data", {})):
-                self._pending.remove(ev)
-                return ev
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ev = self._pull(left)
-            if ev is None:
-                break
-            if ev["event"] == name and match(ev.get("data", {})):
-                return ev
-            self._pending.append(ev)
-        LOG.info("[%s] no QMP event %s within %.0fs", step, name, timeout)
-        return None
-
-    def forget_pending(self, timeout: float = 0.2) -> int:
-        """Drop the events received so far (bounded wait for those in flight), so that a following
-        wait_event only matches what happens after this point. Returns how many were dropped."""
-        n = len(self.drain(timeout))
-        self._pending.clear()
-        return n
-
-    def drain(self, timeout: float = 0.2) -> list[dict]:
-        """Collect the events already sent (bounded), without consuming them."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0 and (ev := self._pull(left)) is not None:
-            self._pending.append(ev)
-        return list(self._pending)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), 5))
-        self._loop.close()
-
-
 def _die_with_harness() -> None:
     """Runs in the QEMU child before exec: if the harness itself is killed (SIGKILL, OOM) and cannot
     tear QEMU down, the kernel kills QEMU (PR_SET_PDEATHSIG), so no VM outlives its test."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-@dataclass
+@dataclass(eq=False)  # one QEMU process: equal only to itself
 class Vm:
     """One QEMU run. ``with Vm(spec, log_dir=..., tag=...) as vm:`` launches; exit tears down."""
 
@@ -312,15 +217,33 @@ class Vm:
     log_dir: Path
     tag: str = "boot"
     incoming: bool = False  # a live-migration destination: waits for the guest on migration_uri
-    console: Console | None = field(default=None, init=False)
-    qmp: Qmp | None = field(default=None, init=False)
-    proc: subprocess.Popen | None = field(default=None, init=False)
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     started: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._rundir: Path | None = None  # holds the sockets; removed at shutdown
         self._listener: socket.socket | None = None
-        self._qemu_logfh = None
+        self._qemu_logfh: TextIO | None = None
+        self._console: Console | None = None
+        self._qmp: Qmp | None = None
+
+    @property
+    def console(self) -> Console:
+        """The guest's console, from launch to shutdown."""
+        if self._console is None:
+            raise InfraError(f"VM {self.tag} has no console (not launched, or shut down)", step="qemu")
+        return self._console
+
+    @property
+    def qmp(self) -> Qmp:
+        """QEMU's QMP connection, from launch to shutdown."""
+        if self._qmp is None:
+            raise InfraError(f"VM {self.tag} has no QMP connection (not launched, or shut down)", step="qemu")
+        return self._qmp
+
+    def console_tail(self) -> list[str]:
+        """The console's last lines; none when the console never connected."""
+        return self._console.tail() if self._console is not None else []
 
     @property
     def console_log(self) -> Path:
@@ -366,7 +289,7 @@ class Vm:
             raise
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.shutdown()
         return False
 
@@ -384,35 +307,36 @@ class Vm:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self._rundir / "console.sock"))
         self._listener.listen(1)
-        self.qmp = Qmp(self.spec.name, on_lost=self.lost_error)
-        self.qmp.start_server(self._rundir / "qmp.sock")
+        qmp = self._qmp = Qmp(self._rundir / "qmp.sock", name=self.spec.name, on_lost=self.lost_error)
         argv = self.argv(self._rundir)
-        self._qemu_logfh = open(self.qemu_log, "w")
-        self._qemu_logfh.write(f"$ {proc.quote(argv)}\n")
-        self._qemu_logfh.flush()
+        logfh = self._qemu_logfh = open(self.qemu_log, "w")
+        logfh.write(f"$ {proc.quote(argv)}\n")
+        logfh.flush()
         LOG.info("[qemu] $ %s", proc.quote(argv))
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_logfh,
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfh,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=_die_with_harness)
-        conn = self._accept_console(timeout=30)
-        self.console = Console(conn.detach(), self.console_log, on_eof=self.lost_error, scale=self.spec.accel.scale)
-        self.console.note(f"QEMU started ({self.spec.accel.name}): {proc.quote(argv)}")
-        self.qmp.accept(timeout=30)
+        conn = self._accept_console(self.proc, self._listener, timeout=30)
+        console = self._console = Console(conn.detach(), self.console_log, on_eof=self.lost_error,
+                                          scale=self.spec.accel.scale)
+        console.note(f"QEMU started ({self.spec.accel.name}): {proc.quote(argv)}")
+        qmp.accept(timeout=30)
 
-    def _accept_console(self, *, timeout: float) -> socket.socket:
+    def _accept_console(self, qemu: subprocess.Popen[bytes], listener: socket.socket, *,
+                        timeout: float) -> socket.socket:
         """Accept QEMU's console connection, or notice at once that QEMU exited instead."""
-        pidfd = os.pidfd_open(self.proc.pid)
+        pidfd = os.pidfd_open(qemu.pid)
         try:
-            ready, _, _ = select.select([self._listener, pidfd], [], [], timeout)
+            ready, _, _ = select.select([listener.fileno(), pidfd], [], [], timeout)
         finally:
             os.close(pidfd)
-        if self._listener in ready:
-            conn, _ = self._listener.accept()
+        if listener.fileno() in ready:
+            conn, _ = listener.accept()
             return conn
-        if self.proc.poll() is not None:
-            raise QemuDied(f"QEMU exited {self.proc.returncode} before connecting: {self._qemu_last_line() or '(no output)'}",
-                           step="qemu", log=self.qemu_log)
+        if qemu.poll() is not None:
+            raise QemuDied(f"QEMU exited {qemu.returncode} before connecting: "
+                           f"{self._qemu_last_line() or '(no output)'}", step="qemu", log=self.qemu_log)
         raise InfraError(f"QEMU did not connect its console within {timeout:.0f}s", step="qemu", log=self.qemu_log)
 
     def _qemu_last_line(self) -> str:
@@ -441,15 +365,14 @@ class Vm:
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 rc = self.proc.wait(timeout=5)
-        reasons = []
-        if self.qmp is not None:
+        reasons: list[str] = []
+        if self._qmp is not None:
             with contextlib.suppress(Exception):
-                reasons = [e.get("data", {}).get("reason", "") for e in self.qmp.drain(0.5)
+                reasons = [e.get("data", {}).get("reason", "") for e in self._qmp.drain(0.5)
                            if e["event"] == "SHUTDOWN"]
-        reasons += [e.get("data", {}).get("reason", "") for e in (self.qmp.events if self.qmp else [])
-                    if e["event"] == "SHUTDOWN"]
+            reasons += [e.get("data", {}).get("reason", "") for e in self._qmp.events if e["event"] == "SHUTDOWN"]
         guest = [r for r in reasons if r in GUEST_SHUTDOWN_REASONS]
-        tail = self.console.tail() if self.console else []
+        tail = self.console_tail()
         if guest:
             return GuestCrashed(f"the guest went away by itself ({guest[0]}; QEMU runs with -no-reboot)",
                                 step="qemu", log=self.console_log, tail=tail)
@@ -474,12 +397,12 @@ class Vm:
             except subprocess.TimeoutExpired:
                 self.kill()
                 self.proc.wait()
-        if self.qmp is not None:
-            self.qmp.close()
-            self.qmp = None
-        if self.console is not None:
-            self.console.close()
-            self.console = None
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -491,7 +414,3 @@ class Vm:
         if self._rundir is not None:
             shutil.rmtree(self._rundir, ignore_errors=True)
             self._rundir = None
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from harness import manifest
 from harness.arch import get_arch
 from harness.boot import initramfs
 from harness.boot import run as boottest
 from harness.boot.checks import run_check
 from harness.boot.checks.memory_hotplug import CHECKS as MEMORY_CHECKS
+from harness.boot.run import BootRequest
 from harness.boot.vm import Vm, detect_accel
 
 pytestmark = pytest.mark.integration
@@ -26,7 +28,7 @@ DEBIAN_KERNELS = sorted(Path("/boot").glob("vmlinuz-*-amd64"))
 
 
 def release_of(out: Path) -> str:
-    return json.loads((out / "manifest.json").read_text())["kernelrelease"]
+    return manifest.read(out, None, step="test").kernelrelease
 
 
 def checks_of(out: Path) -> dict[str, dict]:
@@ -134,8 +136,9 @@ def test_cpu_qmp_without_the_acpi_override_skips_under_tcg(smoke_build, tmp_path
     if detect_accel(AMD64).name == "kvm":
         pytest.skip("KVM is usable here: no override either way")
     out = smoke_build["amd64"]
-    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
-                                                results_dir=tmp_path, only=["cpu-qmp"], acpi_override=False)}
+    req = BootRequest(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path, only=["cpu-qmp"],
+                      acpi_override=False)
+    results = {r.name: r for r in boottest.run(req)}
     qmp = results["cpu-qmp"]
     assert qmp.status == "skip" and "plus 0 hotplug CPUs" in qmp.reason and "--no-acpi-override" in qmp.reason
 
@@ -144,8 +147,8 @@ def test_cpu_qmp_without_the_acpi_override_skips_under_tcg(smoke_build, tmp_path
 def test_missing_init_panics_and_fails_fast(smoke_build, tmp_path):
     out = smoke_build["amd64"]
     start = time.monotonic()
-    results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
-                           cmdline_extra=("rdinit=/no-such-init",), only=["boot"])
+    results = boottest.run(BootRequest(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                                       cmdline_extra=("rdinit=/no-such-init",), only=["boot"]))
     boot = results[0]
     assert boot.status == "fail" and "Kernel panic - not syncing" in boot.reason
     assert any("Kernel panic" in ln for ln in boot.evidence["console_tail"])
@@ -154,8 +157,8 @@ def test_missing_init_panics_and_fails_fast(smoke_build, tmp_path):
 
 def test_hang_times_out_with_last_lines(smoke_build, tmp_path):
     out = smoke_build["amd64"]
-    results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
-                           init_text=HANG_INIT, boot_timeout=10, only=["boot"])
+    results = boottest.run(BootRequest(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                                       init_text=HANG_INIT, boot_timeout=10, only=["boot"]))
     boot = results[0]
     assert boot.status == "fail" and "timed out after 10s" in boot.reason
     assert "test init: about to hang" in boot.evidence["console_tail"][-5:]
@@ -166,8 +169,8 @@ def test_kernel_without_virtio_mem_fails_the_check(tmp_path):
     """Debian's generic kernel has virtio-mem only as a module, which the test initramfs never loads."""
     kernel = DEBIAN_KERNELS[-1]
     release = kernel.name.removeprefix("vmlinuz-")
-    results = {r.name: r for r in boottest.run(AMD64, kernel=kernel, release=release, results_dir=tmp_path,
-                                                only=["kernelrelease", "virtio-mem"])}
+    results = {r.name: r for r in boottest.run(BootRequest(AMD64, kernel=kernel, release=release, results_dir=tmp_path,
+                                                           only=["kernelrelease", "virtio-mem"]))}
     assert results["boot"].status == "pass" and results["kernelrelease"].status == "pass"
     assert results["virtio-mem"].status == "fail", results["virtio-mem"].reason
     assert "virtio-mem" in results["virtio-mem"].reason
@@ -178,8 +181,9 @@ def test_our_kernel_built_without_madvise_fails_the_contract(negative_build, tmp
     NeonVM component that needs it."""
     out = negative_build["amd64"]
     assert "CONFIG_ADVISE_SYSCALLS=y" not in (out / "config").read_text()
-    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
-                                                results_dir=tmp_path, only=["contract-probe", "contract-config"])}
+    req = BootRequest(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                      only=["contract-probe", "contract-config"])
+    results = {r.name: r for r in boottest.run(req)}
     probe = results["contract-probe"]
     assert probe.status == "fail", probe.reason
     assert "madvise" in probe.reason and "ENOSYS" in probe.reason
@@ -222,8 +226,9 @@ def test_migration_to_a_mismatched_destination_fails_with_qemus_error(smoke_buil
 
     monkeypatch.setattr(vmmod, "qemu_argv", argv)
     out = smoke_build["amd64"]
-    results = {r.name: r for r in boottest.run(AMD64, kernel=out / "vmlinuz", release=release_of(out),
-                                                results_dir=tmp_path, only=["migration", "contract-rtc"])}
+    req = BootRequest(AMD64, kernel=out / "vmlinuz", release=release_of(out), results_dir=tmp_path,
+                      only=["migration", "contract-rtc"])
+    results = {r.name: r for r in boottest.run(req)}
     mig = results["migration"]
     assert mig.status == "fail", mig.reason
     assert "migration to boot.dest1 failed: " in mig.reason and mig.evidence["round1"]["error_desc"]
@@ -242,7 +247,8 @@ def test_qemu_that_cannot_start_is_an_infrastructure_error(tmp_path, monkeypatch
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"not a kernel")
     start = time.monotonic()
-    results = boottest.run(AMD64, kernel=kernel, release="x", results_dir=tmp_path, accel="tcg", only=["boot"])
+    results = boottest.run(BootRequest(AMD64, kernel=kernel, release="x", results_dir=tmp_path, accel="tcg",
+                                       only=["boot"]))
     assert results[0].status == "error" and "QEMU exited 1 before connecting" in results[0].reason
     assert "-no-such-option" in results[0].reason
     assert time.monotonic() - start < 10

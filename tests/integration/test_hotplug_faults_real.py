@@ -3,28 +3,28 @@ with the series the failed hot-add is clean and the plug succeeds afterwards; wi
 `negative` variant) the same check catches the kernel's NULL dereference."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from harness import manifest
 from harness.arch import get_arch
 from harness.boot import run as boottest
+from harness.boot.run import BootRequest
 
 pytestmark = pytest.mark.integration
 AMD64 = get_arch("amd64")
 
 
 def _run(out, tmp_path):
-    release = json.loads((out / "manifest.json").read_text())["kernelrelease"]
-    results = boottest.run(AMD64, kernel=out / "vmlinuz", release=release, results_dir=tmp_path,
-                           only=["hotplug-faults"])
+    release = manifest.read(out, AMD64, step="test").kernelrelease
+    results = boottest.run(BootRequest(AMD64, kernel=out / "vmlinuz", release=release, results_dir=tmp_path,
+                                       only=["hotplug-faults"]))
     return {r.name: r for r in results}
 
 
 def test_patched_kernel_fails_the_hot_add_cleanly_then_plugs(smoke_build, tmp_path):
     out = smoke_build["amd64"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert [p["name"] for p in manifest["patches"]], "the smoke kernel applies the series"
+    built = manifest.read(out, AMD64, step="test").data
+    assert [p["name"] for p in built["patches"]], "the smoke kernel applies the series"
     results = _run(out, tmp_path)
     assert results["boot"].status == "pass", results["boot"].reason
     r = results["hotplug-faults"]
@@ -36,7 +36,7 @@ def test_patched_kernel_fails_the_hot_add_cleanly_then_plugs(smoke_build, tmp_pa
 
 def test_unpatched_kernel_oopses_and_the_check_sees_it(negative_build, tmp_path):
     out = negative_build["amd64"]
-    assert json.loads((out / "manifest.json").read_text())["patches"] == []
+    assert manifest.read(out, AMD64, step="test").data["patches"] == []
     results = _run(out, tmp_path)
     assert results["boot"].status == "pass", results["boot"].reason
     r = results["hotplug-faults"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from harness.boot import acpitables as at
 from harness.boot import run as boottest
 from harness.boot import vm
 from harness.boot.checks import Check, Guest, cpu_hotplug, run_check
+from harness.boot.run import BootRequest
 
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 FACP = (FIXTURES / "acpi" / "q35-cpus2-max4.FACP").read_bytes()
@@ -228,8 +230,8 @@ def seed_cache(cache: Path, s: vm.VmSpec, version: str, apic: bytes = APIC) -> P
     entry.mkdir(parents=True)
     (entry / "FACP.dat").write_bytes(FACP)
     (entry / "APIC.dat").write_bytes(apic)
-    (entry / "source.json").write_text('{"qemu": "QEMU emulator version 10.0.2", "argv": %s, "kernel": "/k", '
-                                       '"captured_at": "2026-11-29T00:00:00Z"}' % str(at.argv_shape(s)).replace("'", '"'))
+    (entry / "source.json").write_text(json.dumps({"qemu": "QEMU emulator version 10.0.2", "argv": at.argv_shape(s),
+                                                   "kernel": "/k", "captured_at": "2026-11-29T00:00:00Z"}))
     return entry
 
 
@@ -295,10 +297,10 @@ def test_needed_only_for_cpu_qmp_under_tcg(arch, accel, checks, want):
 
 
 def test_dry_run_says_which_initrd(tmp_path, capsys):
-    boottest.run(AMD64, kernel=tmp_path / "k", release="x", results_dir=tmp_path, accel="tcg", dry_run=True)
+    req = BootRequest(AMD64, kernel=tmp_path / "k", release="x", results_dir=tmp_path, accel="tcg", dry_run=True)
+    boottest.run(req)
     assert "# initrd: early cpio of online-capable FACP and APIC" in capsys.readouterr().out
-    boottest.run(AMD64, kernel=tmp_path / "k", release="x", results_dir=tmp_path, accel="tcg", dry_run=True,
-                 acpi_override=False)
+    boottest.run(dataclasses.replace(req, acpi_override=False))
     assert "# initrd" not in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from fixture_paths import FIXTURES
 from harness.arch import ARCHES, get_arch
 from harness.boot import run as boottest
 from harness.boot import vm
+from harness.boot.run import BootRequest
 from harness.errors import InvalidArgument
 
 TCG = vm.Accel("tcg", "test")
@@ -46,8 +47,9 @@ def test_runner_shape_amd64():
     cmdline = argv[argv.index("-append") + 1]
     assert "-serial null -serial chardev:console" in joined  # the runner's console is the second UART
     assert "virtserialport,chardev=log,name=tech.neon.log.0" in joined
-    for word in ("console=ttyS1", "maxcpus=1", "ip=10.0.2.15:::255.255.255.0:neonvm-guest:eth0:off", "memhp_default_state=online",
-                 "memory_hotplug.online_policy=auto-movable", "memory_hotplug.auto_movable_ratio=301"):
+    for word in ("console=ttyS1", "maxcpus=1", "ip=10.0.2.15:::255.255.255.0:neonvm-guest:eth0:off",
+                 "memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
+                 "memory_hotplug.auto_movable_ratio=301"):
         assert word in cmdline.split()
 
 
@@ -70,7 +72,8 @@ def test_kvm_uses_host_cpu():
 
 def test_no_tools_drive_without_image():
     spec = boottest.vm_spec(arch=get_arch("amd64"), kernel=Path("k"), initrd=Path("i"), accel=TCG)
-    assert not any("virtio-blk" in a for a in vm.qemu_argv(spec, console_sock="c", qmp_sock="q", log_port="l", early_log="e"))
+    argv = vm.qemu_argv(spec, console_sock="c", qmp_sock="q", log_port="l", early_log="e")
+    assert not any("virtio-blk" in a for a in argv)
 
 
 def test_spec_validated_when_built():
@@ -82,8 +85,8 @@ def test_spec_validated_when_built():
 
 def test_dry_run_prints_without_running(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vm.Vm, "launch", lambda self: pytest.fail("dry run launched QEMU"))
-    results = boottest.run(get_arch("arm64"), kernel=tmp_path / "Image", release="x", results_dir=tmp_path,
-                           accel="tcg", dry_run=True)
+    results = boottest.run(BootRequest(get_arch("arm64"), kernel=tmp_path / "Image", release="x", results_dir=tmp_path,
+                                       accel="tcg", dry_run=True))
     out = capsys.readouterr().out
     assert results == [] and "qemu-system-aarch64" in out and "# accelerator: tcg" in out
     assert not (tmp_path / "results.json").exists()

@@ -31,7 +31,8 @@ def test_injection_is_armed_last_and_filtered_by_stack():
     assert cmds[-1] == f"echo 100 > {hf.FAIL_DIR}/probability"
     joined = "\n".join(cmds)
     for expected in ("echo 0x1000 > ", "require-start", "echo 0x1200 > ", "require-end", "echo 7 > ",
-                     "echo N > /sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", "echo 0 > " + hf.FAIL_DIR + "/verbose"):
+                     "echo N > /sys/kernel/debug/fail_page_alloc/ignore-gfp-wait",
+                     "echo 0 > " + hf.FAIL_DIR + "/verbose"):
         assert expected in joined
 
 

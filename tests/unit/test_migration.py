@@ -13,6 +13,7 @@ from harness.boot import run as boottest
 from harness.boot import vm
 from harness.boot.checks import Check, Guest
 from harness.boot.checks import migration as mig
+from harness.boot.run import BootRequest
 from harness.errors import CheckFailed, InfraError
 from harness.report import CheckResult
 
@@ -64,8 +65,8 @@ def test_vm_destination_argv_and_logs():
 
 def test_dry_run_prints_the_destination(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vm.Vm, "launch", lambda self: pytest.fail("dry run launched QEMU"))
-    boottest.run(AMD64, kernel=tmp_path / "vmlinuz", release="x", results_dir=tmp_path, accel="tcg", dry_run=True,
-                 only=["migration"])
+    boottest.run(BootRequest(AMD64, kernel=tmp_path / "vmlinuz", release="x", results_dir=tmp_path, accel="tcg",
+                             dry_run=True, only=["migration"]))
     out = capsys.readouterr().out
     assert "# migration destination" in out and "-incoming 'unix:$RUNDIR_DEST/migrate.sock'" in out
     assert "boot.dest1.logport.log" in out
@@ -298,6 +299,9 @@ class FakeVm:
         self.shut = 0
         self.migration_uri = f"unix:/RUN-{tag}/migrate.sock"
 
+    def console_tail(self):
+        return self.console.tail()
+
     def qemu_tail(self, n=5):
         return self._qemu[-n:]
 
@@ -423,11 +427,12 @@ def test_boottest_tears_down_every_vm_a_check_started(tmp_path, monkeypatch, how
     monkeypatch.setattr(boottest.initramfs, "build", lambda arch, **kw: tmp_path / "initrd")
     monkeypatch.setattr(boottest, "_qemu_version", lambda arch: "QEMU emulator version 10.0.2")
     monkeypatch.setattr(boottest, "make_data_disk", lambda path, log: path)
+    req = BootRequest(AMD64, kernel=tmp_path / "vmlinuz", release="x", results_dir=tmp_path, accel="tcg")
     if how == "interrupt":
         with pytest.raises(KeyboardInterrupt):
-            boottest.run(AMD64, kernel=tmp_path / "vmlinuz", release="x", results_dir=tmp_path, accel="tcg")
+            boottest.run(req)
     else:
-        results = boottest.run(AMD64, kernel=tmp_path / "vmlinuz", release="x", results_dir=tmp_path, accel="tcg")
+        results = boottest.run(req)
         assert [r.status for r in results] == ["pass", "error"]
     assert len(started) == 2 and all(v.shut >= 1 for v in started)
 
@@ -445,7 +450,7 @@ def test_a_lost_guest_skips_the_remaining_checks(tmp_path, monkeypatch):
     monkeypatch.setattr(boottest.initramfs, "build", lambda arch, **kw: tmp_path / "initrd")
     monkeypatch.setattr(boottest, "_qemu_version", lambda arch: "QEMU emulator version 10.0.2")
     monkeypatch.setattr(boottest, "make_data_disk", lambda path, log: path)
-    results = {r.name: r for r in boottest.run(AMD64, kernel=tmp_path / "vmlinuz", release="x",
-                                                results_dir=tmp_path, accel="tcg")}
+    results = {r.name: r for r in boottest.run(BootRequest(AMD64, kernel=tmp_path / "vmlinuz", release="x",
+                                                            results_dir=tmp_path, accel="tcg"))}
     assert results["migration"].status == "fail"
     assert results["tools"].status == "skip" and "lost in migration" in results["tools"].reason

@@ -10,11 +10,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness import check as protocol
 from harness.arch import Arch
 from harness.check import Skip as Skip  # re-exported: checks raise it
 from harness.report import CheckResult
+
+if TYPE_CHECKING:  # the checks stay importable without QEMU's library
+    from harness.boot.console import Console
+    from harness.boot.qmp import Qmp
+    from harness.boot.vm import Vm
 
 LOG = logging.getLogger(__name__)
 
@@ -23,7 +29,7 @@ LOG = logging.getLogger(__name__)
 class Guest:
     """A booted VM and what the checks need to know about it."""
 
-    vm: object  # harness.boot.vm.Vm (not imported here to keep the checks importable without QEMU)
+    vm: Vm  # the QEMU the guest runs in now (tests give stand-ins)
     arch: Arch
     accel_name: str
     release: str
@@ -32,26 +38,26 @@ class Guest:
     boot_dmesg: str = ""
     data_disk: Path | None = None  # the runner-shaped Postgres data disk attached to the VM
     powered_off: bool = False  # set by the check that powers the guest off (it runs last)
-    options: dict = field(default_factory=dict)  # check parameters from the command line (e.g. soak)
+    options: dict[str, Any] = field(default_factory=dict)  # check parameters from the command line (e.g. soak)
     # Every QEMU started for this guest, the boot VM first (the migration check adds its
-    # destinations); boottest tears them all down whatever happened (teardown()).
-    vms: list = field(default_factory=list)
+    # destinations); harness.boot.run tears them all down whatever happened (teardown()).
+    vms: list[Vm] = field(default_factory=list)
     lost: str = ""  # why the guest is gone (a migration completed to a destination that does not run)
 
     @property
-    def console(self):
+    def console(self) -> Console:
         return self.vm.console
 
     @property
-    def qmp(self):
+    def qmp(self) -> Qmp:
         return self.vm.qmp
 
-    def adopt(self, vm):
+    def adopt(self, vm: Vm) -> Vm:
         """Own another QEMU (before it is launched, so a half-started one is torn down too)."""
         self.vms.append(vm)
         return vm
 
-    def switch_to(self, vm) -> None:
+    def switch_to(self, vm: Vm) -> None:
         """The guest now runs in ``vm`` (a migration destination): console, QMP and logs are its."""
         if vm not in self.vms:
             self.vms.append(vm)
@@ -59,7 +65,7 @@ class Guest:
 
     def teardown(self) -> list[str]:
         """Stop every QEMU this guest owns, newest first; the problems, if any (never raises)."""
-        problems = []
+        problems: list[str] = []
         for vm in reversed(self.vms):
             try:
                 vm.shutdown()
@@ -75,7 +81,7 @@ class Guest:
 @dataclass(frozen=True)
 class Check:
     name: str
-    func: Callable[[Guest, dict], None]
+    func: Callable[[Guest, dict[str, Any]], None]
     applies: Callable[[Arch], bool] = lambda arch: True
     opt_in: bool = False  # runs only when asked for by name (needs a special kernel variant)
     doc: str = ""

@@ -1,4 +1,4 @@
-"""The capability contract, proven in the booted guest (configs/contract.toml, harness/contract.py).
+"""The capability contract, proven in the booted guest (configs/contract.toml, harness/kernel/contract.py).
 
 Each check proves some capabilities; when it fails, its message names the capability and the
 NeonVM component that needs it (the contract's ``needed_by``), not only the symptom:
@@ -37,7 +37,7 @@ CORE_DIR = "/tmp/cores"
 DATA_LABEL = "pgdata"
 DATA_MOUNT = "/mnt/pgdata"
 POWERDOWN_SECONDS = 30
-# Items the probe reports (harness/probe/contract-probe.c); the contract's "probe:<item>" proofs.
+# Items the probe reports (harness/boot/probe/contract-probe.c); the contract's "probe:<item>" proofs.
 PROBE_ITEMS = ("madvise", "inotify", "io_uring", "bpf", "memfd", "membarrier", "rseq", "fhandle", "quotactl",
                "coredump", "accounting", "syncookies", "printk-time", "prjquota")
 _PROBE_LINE = re.compile(r"^PROBE (\S+) (ok|fail)(?: (\S+))?(?: (.*))?$")

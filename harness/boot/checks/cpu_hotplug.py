@@ -11,7 +11,7 @@ In both, ``/sys/devices/system/cpu/online`` and the scheduler (``nproc``, a task
 CPU with taskset) must agree.
 
 Under TCG an x86 guest >= 6.9 allows hotplug vCPUs only with online-capable ACPI tables; the boot
-test then boots with FACP and APIC replaced through the initrd (harness/acpitables.py), passes
+test then boots with FACP and APIC replaced through the initrd (harness/boot/acpitables.py), passes
 what it did in ``guest.options["acpi_override"]``, and the QMP check records it and the guest's
 own ``Table Upgrade`` lines.
 """

@@ -125,6 +125,8 @@ def sample_clock(guest: Guest, step: str, samples: int = CLOCK_SAMPLES) -> Clock
         s = ClockSample(parse_adjtimex(out), before, after)
         if best is None or s.uncertainty < best.uncertainty:
             best = s
+    if best is None:
+        raise ValueError(f"sample_clock needs samples >= 1, not {samples}")
     return best
 
 
@@ -295,7 +297,7 @@ def _start_destination(guest: Guest, n: int) -> Vm:
 
 
 def _tail(dest: Vm) -> list[str]:
-    console = dest.console.tail() if dest.console else []
+    console = dest.console_tail()
     return console + [f"[{dest.tag} QEMU] {line}" for line in dest.qemu_tail(5)]
 
 
@@ -446,8 +448,9 @@ def migration(guest: Guest, ev: dict) -> None:
     r2["device_size_mib_on_arrival"] = device_size(guest.qmp) // MIB
     timeout = VIRTIO_MEM_RETRY_SECONDS + RESIZE_TIMEOUT * guest.console.scale
     if device_size(guest.qmp) != grow:
-        event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=max(1.0, timeout - (time.monotonic() - arrived)),
-                                     step=step, match=lambda d: d.get("id") == VIRTIO_MEM_ID and d.get("size") == grow)
+        left = max(1.0, timeout - (time.monotonic() - arrived))
+        event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=left, step=step,
+                                     match=lambda d: d.get("id") == VIRTIO_MEM_ID and d.get("size") == grow)
         r2["size_change_event"] = event is not None
     r2["device_size_mib_after"] = device_size(guest.qmp) // MIB
     r2["resize_seconds_after_arrival"] = round(time.monotonic() - arrived, 2)

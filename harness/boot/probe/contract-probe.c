@@ -5,7 +5,7 @@
  *     PROBE <item> ok <detail>
  *     PROBE <item> fail <ERRNO-NAME> <detail>
  *
- * The harness (harness/checks/contract.py) maps each failed item to the capability of
+ * The harness (harness/boot/checks/contract.py) maps each failed item to the capability of
  * configs/contract.toml it proves. `contract-probe all COREDIR` runs every item;
  * `contract-probe prjquota DEVICE DIR` sets a 1 MiB project quota on DIR (on DEVICE's mounted
  * filesystem) and checks that writing past it fails with EDQUOT.
