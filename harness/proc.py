@@ -147,6 +147,14 @@ def run(
     return result
 
 
+def interactive(argv: Sequence[Arg], *, step: str, cwd: Path | str | None = None) -> int:
+    """Run an interactive program (menuconfig) on this terminal; its exit status. Logged, not captured."""
+    args = [os.fspath(a) for a in argv]
+    require_tool(args[0], step=step) if os.sep not in args[0] else None
+    LOG.info("[%s] $ %s", step, quote(args))
+    return subprocess.run(args, cwd=cwd, check=False).returncode
+
+
 def capture(argv: Sequence[Arg], *, step: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
             timeout: float = 60, log: Path | None = None) -> str:
     """Run a short command and return its stdout (for version queries and the like). With ``log``,

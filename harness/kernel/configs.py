@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
-from harness.arch import Arch
+from harness import proc
+from harness.arch import Arch, get_arch
 from harness.errors import InvalidArgument, SourceMissing
 from harness.fsutil import atomic_write_text, sha256_file
 from harness.kernel import kconfig, source, tree
@@ -155,6 +157,49 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
         tmp_pin.unlink(missing_ok=True)
     print(f"pinned {version}; review 'git diff configs/' and commit")
     return 0
+
+
+def set_config(arch: str, assignments: list[str], *, dry_run: bool = False) -> int:
+    """``set-config ARCH|all CONFIG_X=V ...``: see :mod:`harness.kernel.setconfig`."""
+    from harness.kernel import setconfig
+
+    changes = setconfig.parse_changes(assignments)
+    arches = _all_arches() if arch == "all" else [get_arch(arch)]
+    pin = source.Pin.load()
+    log = _logdir() / "set-config.log"
+    log.write_text("")
+    _, src_tree = _tree(pin, log)
+    return setconfig.set_config(src_tree, arches, changes, version=pin.version, log=log, dry_run=dry_run)
+
+
+def menuconfig(arch_name: str, *, tool: str = "menuconfig", dry_run: bool = False) -> int:
+    """Open the kernel's own configurator on the committed production config of ``arch``; what the
+    user changes (and saves) becomes fragment lines through set-config, re-resolved and audited."""
+    from harness.kernel import explain, setconfig
+
+    arch = get_arch(arch_name)
+    pin = source.Pin.load()
+    log = _logdir() / f"{tool}.log"
+    log.write_text("")
+    _, src_tree = _tree(pin, log)
+    committed = kconfig.committed_config_path(arch, pin.version)
+    if not committed.is_file():
+        raise SourceMissing(f"{committed} is missing; create it with 'nox -s update-configs'", step=tool)
+    scratch = cache_root() / tool / arch.name
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    shutil.copyfile(committed, scratch / ".config")
+    rc = proc.interactive(kconfig.make_argv(arch, scratch, tool), step=tool, cwd=src_tree)
+    if rc != 0:
+        raise InvalidArgument(f"make {tool} exited {rc}; nothing written", step=tool, log=log)
+    kconf = explain.load(src_tree, arch)
+    changes = setconfig.user_changes(kconf, committed, scratch / ".config")
+    if not changes:
+        print(f"{tool}: no option changed; nothing written")
+        return 0
+    print(f"{tool}: you changed " + " ".join(c.line.replace("# ", "").replace(" is not set", "=n") for c in changes))
+    return setconfig.set_config(src_tree, [arch], changes, version=pin.version, log=log, dry_run=dry_run,
+                                kconfs={arch.name: kconf})
 
 
 def drift(*, json_path: Path | None = None) -> int:

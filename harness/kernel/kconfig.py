@@ -91,6 +91,7 @@ class Variant:
     base_arch: tuple[tuple[str, str], ...] = ()  # per-arch override of base: ((arch, targets), ...)
     contract: bool = False  # carries the whole capability contract (configs/contract.toml)
     patches: bool = True  # apply the patch series in configs/patches/
+    fragments_dir: Path | None = None  # None: configs/fragments (set-config resolves a staged copy)
 
     def base_targets(self, arch: Arch) -> list[str]:
         return dict(self.base_arch).get(arch.name, self.base).split()
@@ -98,7 +99,7 @@ class Variant:
     def fragment_paths(self, arch: Arch) -> list[Path]:
         paths = []
         for frag in self.fragments:
-            p = FRAGMENTS / (frag.format(arch=arch.name) + ".config")
+            p = (self.fragments_dir or FRAGMENTS) / (frag.format(arch=arch.name) + ".config")
             if not p.is_file():
                 raise InvalidArgument(f"variant {self.name}: fragment {p} does not exist", step=STEP)
             paths.append(p)
