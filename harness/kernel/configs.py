@@ -9,9 +9,9 @@ from pathlib import Path
 
 from harness import proc
 from harness.arch import Arch, get_arch
-from harness.errors import InvalidArgument, SourceMissing
+from harness.errors import InvalidArgument, PatchFailed, SourceMissing
 from harness.fsutil import atomic_write_text, sha256_file
-from harness.kernel import kconfig, source, tree
+from harness.kernel import kconfig, setconfig, source, tree
 from harness.kernel.patches import Series
 from harness.layout import cache_root
 
@@ -95,21 +95,33 @@ def audit_committed(arches: list[Arch]) -> int:
     return 0
 
 
-def upgrade(version: str, *, debian_version: str | None = None, sha256: str | None = None) -> int:
-    """Move the pin to ``version``: verify its source, resolve and audit the configs for it, show
-    what changed against the current committed configs, then write the new configs and pin."""
+def upgrade(version: str, *, debian_version: str | None = None, sha256: str | None = None,
+            allow_downgrade: bool = False, dry_run: bool = False, interactive: bool = False) -> int:
+    """Move the pin to ``version``, the README's whole procedure in one command. Before anything is
+    written: the new source verified, the patch series reported patch by patch on the new tree, the
+    configs resolved and audited for every arch, the Kconfig symbols the new version adds listed with
+    the value each took, the config diffs, and the other mentions of the old version in the
+    repository. Then (unless ``dry_run``) the configs, the pin and those mentions are written."""
+    from harness.kernel import upgrade as up
+
     source.parse_version(version)
     old = source.Pin.load()
+    if up.version_tuple(version) <= up.version_tuple(old.version) and not allow_downgrade:
+        raise InvalidArgument(f"{version} is not newer than the pinned {old.version} (--allow-downgrade to "
+                              "move the pin back)", step="upgrade")
     log = _logdir() / "upgrade.log"
     log.write_text("")
     text = old.path.read_text()
     text = source.set_pin_value(text, None, "version", version)
+    pairs = [(old.version, version)]
     provider = ""
     if debian_version:
         pkg = old.debian.get("package", "")
         major_minor = ".".join(version.split(".")[:2])
         if not pkg.endswith(major_minor):
-            pkg = re.sub(r"[\d.]+$", major_minor, pkg)
+            new_pkg = re.sub(r"[\d.]+$", major_minor, pkg)
+            pairs.append((pkg, new_pkg))
+            pkg = new_pkg
             text = source.set_pin_value(text, "debian", "package", pkg)
             text = source.set_pin_value(text, "debian", "tarball", f"/usr/src/{pkg}.tar.xz")
         have = source.dpkg_version(pkg)
@@ -119,6 +131,8 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
         tarball = Path(f"/usr/src/{pkg}.tar.xz")
         if not tarball.is_file():
             raise SourceMissing(f"{pkg} {debian_version} is installed but {tarball} is missing", step="upgrade")
+        if old.debian.get("package_version"):
+            pairs.append((str(old.debian["package_version"]), debian_version))
         text = source.set_pin_value(text, "debian", "package_version", debian_version)
         text = source.set_pin_value(text, "debian", "sha256", sha256_file(tarball))
         provider = "debian"
@@ -136,33 +150,80 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     try:
         new = source.Pin.load(tmp_pin)
         new = source.Pin(new.version, new.provider, new.debian, new.kernelorg, old.path)
-        src, src_tree = _tree(new, log, provider)
-        variant = kconfig.get_variant(PRODUCTION)
-        resolved_by_arch = {}
-        for arch in _all_arches():
-            oldcfg = kconfig.committed_config_path(arch, old.version)
-            resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
-            kconfig.check(variant.requests(arch), resolved, src_tree, log=log,
-                          label=f"{arch.name}/{PRODUCTION} on {version}", arch=arch)
-            if oldcfg.is_file():
-                changes = kconfig.diff(src_tree, oldcfg, resolved, log=log)
-                print(f"{oldcfg.name} -> linux-config-{arch.config_name}-{version}:\n{changes or '  (no change)'}")
-        for arch, resolved in resolved_by_arch.items():
-            kconfig.install(resolved, kconfig.committed_config_path(arch, version))
-            oldcfg = kconfig.committed_config_path(arch, old.version)
-            if old.version != version and oldcfg.is_file():
-                oldcfg.unlink()
-        atomic_write_text(old.path, text)
+        src = source.resolve(new, log=log, provider=provider)
     finally:
         tmp_pin.unlink(missing_ok=True)
-    print(f"pinned {version}; review 'git diff configs/' and commit")
+
+    series = Series.load()
+    print(f"patch series on {version} ({len(series.patches)} patch(es)):")
+    pristine = tree.prepare(src, Series.none(), log=log)
+    report = up.patch_report(series, pristine, log)
+    for status in report:
+        print(f"  {status.describe()}")
+    failing = [s for s in report if not s.ok]
+    if failing:
+        raise PatchFailed(f"the series does not apply to {version}: {failing[0].describe()}; nothing written",
+                          step="upgrade", log=log)
+    src_tree = tree.prepare(src, series, log=log)
+
+    variant = kconfig.get_variant(PRODUCTION)
+    resolved_by_arch: dict[Arch, Path] = {}
+    answers: dict[Arch, list[setconfig.Change]] = {}
+    for arch in _all_arches():
+        oldcfg = kconfig.committed_config_path(arch, old.version)
+        resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
+        requests = variant.requests(arch)
+        kconfig.check(requests, resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION} on {version}",
+                      arch=arch)
+        if not oldcfg.is_file():
+            continue
+        values = kconfig.parse_config_text(resolved.read_text())
+        scratch = cache_root() / "upgrade" / arch.name
+        symbols = up.new_symbols(src_tree, arch, oldcfg, scratch, log)
+        print(f"{arch.name}: {len(symbols)} Kconfig symbol(s) new in {version} that {oldcfg.name} never answered, "
+              "and the value each took:")
+        print("\n".join(up.describe_new(symbols, values, requests)) or "  (none)")
+        if interactive and symbols:
+            answers[arch] = _answer_new_symbols(src_tree, arch, scratch, symbols, values, log)
+        changes = kconfig.diff(src_tree, oldcfg, resolved, log=log)
+        print(f"{oldcfg.name} -> linux-config-{arch.config_name}-{version}:\n{changes or '  (no change)'}")
+
+    repo = kconfig.CONFIGS.parent  # the repository whose configs/ holds the pin
+    mentions = up.replace_mentions(repo, up.tracked_files(repo), pairs)
+    print(f"other mentions of {old.version} in the repository: "
+          + (", ".join(f"{m.path.relative_to(repo)} ({m.count})" for m in mentions) or "none"))
+    if dry_run:
+        print("dry run: nothing written")
+        return 0
+    for arch, resolved in resolved_by_arch.items():
+        kconfig.install(resolved, kconfig.committed_config_path(arch, version))
+        oldcfg = kconfig.committed_config_path(arch, old.version)
+        if old.version != version and oldcfg.is_file():
+            oldcfg.unlink()
+    atomic_write_text(old.path, text)
+    for m in mentions:
+        atomic_write_text(m.path, m.new_text)
+    for arch, chosen in answers.items():
+        if chosen:
+            setconfig.set_config(src_tree, [arch], chosen, version=version, log=log)
+    print(f"pinned {version}; review 'git diff' and commit")
     return 0
+
+
+def _answer_new_symbols(src_tree: Path, arch: Arch, scratch: Path, symbols: list[str], values: dict[str, str],
+                        log: Path) -> list[setconfig.Change]:
+    """``make oldconfig`` asks about the new symbols on this terminal; answers that differ from the
+    value the resolution gave become fragment lines (through set-config) once the pin moved."""
+    rc = proc.interactive(kconfig.make_argv(arch, scratch, "oldconfig"), step="upgrade", cwd=src_tree)
+    if rc != 0:
+        raise InvalidArgument(f"make oldconfig exited {rc}; nothing written", step="upgrade", log=log)
+    answered = kconfig.parse_config_text((scratch / ".config").read_text())
+    return [setconfig.Change(sym, answered.get(sym, "n")) for sym in symbols
+            if answered.get(sym, "n") != values.get(sym, "n")]
 
 
 def set_config(arch: str, assignments: list[str], *, dry_run: bool = False) -> int:
     """``set-config ARCH|all CONFIG_X=V ...``: see :mod:`harness.kernel.setconfig`."""
-    from harness.kernel import setconfig
-
     changes = setconfig.parse_changes(assignments)
     arches = _all_arches() if arch == "all" else [get_arch(arch)]
     pin = source.Pin.load()
@@ -175,7 +236,7 @@ def set_config(arch: str, assignments: list[str], *, dry_run: bool = False) -> i
 def menuconfig(arch_name: str, *, tool: str = "menuconfig", dry_run: bool = False) -> int:
     """Open the kernel's own configurator on the committed production config of ``arch``; what the
     user changes (and saves) becomes fragment lines through set-config, re-resolved and audited."""
-    from harness.kernel import explain, setconfig
+    from harness.kernel import explain
 
     arch = get_arch(arch_name)
     pin = source.Pin.load()

@@ -287,7 +287,8 @@ class World:
 
 
 def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    cache, out, configs = tmp_path / "cache", tmp_path / "out", tmp_path / "configs"
+    # configs/ inside a repository root of its own: upgrade rewrites mentions of the pin there
+    cache, out, configs = tmp_path / "cache", tmp_path / "out", tmp_path / "repo" / "configs"
     monkeypatch.setenv("NEONVM_KERNEL_CACHE", str(cache))
     monkeypatch.setenv("NEONVM_KERNEL_OUT", str(out))
     for name, text in FRAGMENTS.items():

@@ -1,7 +1,10 @@
 """harness/configs.py: the committed configs (update-configs, audit) and moving the pin (upgrade)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from build_fakes import PATCH_BAD, PATCH_NEW_FILE
 
 from harness.cli import main
 from harness.errors import InvalidArgument
@@ -119,11 +122,11 @@ def test_upgrade_moves_the_pin_and_the_configs(pinned, mirror, capsys, cross_gcc
     rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
     assert rc == 0, err
     assert f"{AMD64_CONFIG} -> linux-config-amd64-6.12.118:\n  (no change)" in out
-    assert out.endswith("pinned 6.12.118; review 'git diff configs/' and commit\n")
+    assert out.endswith("pinned 6.12.118; review 'git diff' and commit\n")
     assert sorted(p.name for p in pinned.configs.glob("linux-config-*")) == [
         "linux-config-aarch64-6.12.118", "linux-config-amd64-6.12.118"]
     pin_after = (pinned.configs / "kernel.toml").read_text()
-    changed = [(a, b) for a, b in zip(pin_before.splitlines(), pin_after.splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(pin_before.splitlines(), pin_after.splitlines(), strict=True) if a != b]
     assert [b for _, b in changed] == ['version = "6.12.118"', f'sha256 = "{new.sha256}"']
     assert not (pinned.configs / ".kernel.toml.upgrade").exists()
 
@@ -140,7 +143,8 @@ def test_failed_upgrade_changes_nothing(pinned, mirror, capsys, cross_gcc):
 
 @pytest.mark.parametrize("argv, message", [
     (["upgrade", "6.12.118"], "error: [upgrade] upgrade needs --debian-version"),
-    (["upgrade", "6.12"], "error: [upgrade] upgrade needs --debian-version"),
+    (["upgrade", "6.12"], "error: [upgrade] 6.12 is not newer than the pinned 6.12.117"),
+    (["upgrade", "6.13"], "error: [upgrade] upgrade needs --debian-version"),
     (["upgrade", "six"], "error: [source] malformed kernel version 'six'"),
     (["upgrade", "6.12.118", "--debian-version", "6.12.118-1"],
      "error: [upgrade] linux-source-6.12 6.12.118-1 is not installed (have none); "
@@ -163,3 +167,63 @@ def test_upgrade_from_kernelorg_makes_kernelorg_the_default_provider(pinned, mir
     pin = pinned.pin()
     # the [debian] section still names the 6.12.117 package: it must not stay the default
     assert pin.version == "6.12.118" and pin.provider == "kernelorg"
+
+
+# -- upgrade: the report before anything is written ----------------------------------------------------
+def _readme(pinned) -> Path:
+    readme = pinned.configs.parent / "README.md"
+    readme.write_text("Pinned: 6.12.117 (kernelrelease 6.12.117-neonvm), Debian 6.12.117-1~deb12u1.\n"
+                      "Unrelated: 16.12.117, 6.12.1170, 6.12.117.4, v6.12.11.\n")
+    return readme
+
+
+def test_upgrade_reports_patches_new_symbols_and_mentions(pinned, mirror, capsys, cross_gcc):
+    assert run(capsys, "update-configs")[0] == 0
+    pinned.add_patch("0001-new-file.patch", PATCH_NEW_FILE)
+    readme = _readme(pinned)
+    new = pinned.pack("6.12.118", files={"fake-newconfig": "CONFIG_NEW_THING=y\nCONFIG_64BIT=y\nCONFIG_OTHER=n\n"})
+    mirror.publish(new)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
+    assert rc == 0, err
+    assert "patch series on 6.12.118 (1 patch(es)):\n  0001-new-file.patch: applies\n" in out
+    # CONFIG_64BIT is answered by the old config; the two others are new and took these values
+    assert ("amd64: 2 Kconfig symbol(s) new in 6.12.118 that linux-config-amd64-6.12.117 never answered, and the "
+            "value each took:\n  CONFIG_NEW_THING=n (its default)\n  CONFIG_OTHER=n (its default)\n") in out
+    assert "other mentions of 6.12.117 in the repository: README.md (2)" in out
+    assert readme.read_text() == ("Pinned: 6.12.118 (kernelrelease 6.12.118-neonvm), Debian 6.12.117-1~deb12u1.\n"
+                                  "Unrelated: 16.12.117, 6.12.1170, 6.12.117.4, v6.12.11.\n")
+
+
+def test_upgrade_dry_run_writes_nothing(pinned, mirror, capsys, cross_gcc):
+    assert run(capsys, "update-configs")[0] == 0
+    readme = _readme(pinned)
+    before = {p: p.read_bytes() for p in pinned.configs.parent.rglob("*") if p.is_file()}
+    new = pinned.pack("6.12.118")
+    mirror.publish(new)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256, "--dry-run")
+    assert rc == 0, err
+    assert "README.md (2)" in out and out.rstrip().endswith("dry run: nothing written")
+    assert {p: p.read_bytes() for p in pinned.configs.parent.rglob("*") if p.is_file()} == before
+    assert readme.read_text().startswith("Pinned: 6.12.117")
+
+
+def test_upgrade_stops_at_a_patch_that_does_not_apply(pinned, mirror, capsys, cross_gcc):
+    assert run(capsys, "update-configs")[0] == 0
+    pinned.add_patch("0001-bad.patch", PATCH_BAD)
+    before = {p: p.read_bytes() for p in pinned.configs.parent.rglob("*") if p.is_file()}
+    new = pinned.pack("6.12.118")
+    mirror.publish(new)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
+    assert rc == 2
+    assert "  0001-bad.patch: fails (hunk #1 of kernel/fork.c at line" in out
+    assert err.startswith("error: [upgrade] the series does not apply to 6.12.118: 0001-bad.patch: fails")
+    assert "nothing written" in err
+    assert {p: p.read_bytes() for p in pinned.configs.parent.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("version", ["6.12.117", "6.12.100", "6.1.150"])
+def test_upgrade_refuses_a_version_not_newer_than_the_pin(pinned, capsys, version):
+    before = (pinned.configs / "kernel.toml").read_text()
+    rc, out, err = run(capsys, "upgrade", version, "--sha256", "0" * 64)
+    assert rc == 2 and f"error: [upgrade] {version} is not newer than the pinned 6.12.117 (--allow-downgrade" in err
+    assert (pinned.configs / "kernel.toml").read_text() == before
