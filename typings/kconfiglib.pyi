@@ -25,6 +25,9 @@ TYPE_TO_STR: dict[int, str]
 TRI_TO_STR: dict[int, str]
 STR_TO_TRI: dict[str, int]
 
+MENU: int
+COMMENT: int
+
 _T_MODULES: int
 _T_OPTION: int
 
@@ -39,6 +42,8 @@ class MenuNode:
     filename: str
     linenr: int
     is_menuconfig: bool
+    list: MenuNode | None
+    next: MenuNode | None
 
 class Symbol:
     kconfig: Kconfig
@@ -115,8 +120,10 @@ class Kconfig:
     def write_config(self, filename: str | None = ..., header: str | None = ..., save_old: bool = ...,
                      verbose: bool | None = ...) -> str: ...
     def _tokenize(self, s: str) -> list[object]: ...
+    def _propagate_deps(self, node: MenuNode, visible_if: Expr) -> None: ...
 
 def expr_value(expr: Expr) -> int: ...
+def expr_items(expr: Expr) -> set[Symbol | Choice]: ...
 def expr_str(expr: Expr, sc_expr_str_fn: Callable[[Symbol | Choice], str] = ...) -> str: ...
 def split_expr(expr: Expr, op: int) -> list[Expr]: ...
 def standard_sc_expr_str(sc: Symbol | Choice) -> str: ...

@@ -9,45 +9,59 @@ Every option whose value differs is grouped by its Kconfig menu and marked:
   Kconfig definition: derived, never chosen), or it does not exist in our tree / our arch at all;
 * ``unexplained``: everything else.
 
-An option that is off in ours inherits the explanation of a *parent* that is off in ours too: a
-symbol of its ``depends on`` (only the plain symbol names of the top-level ``&&`` conjunction: one of
-them off is enough to keep the option off; nothing else of the expression is evaluated), or the
-symbol of an ``if`` block (``menuconfig X`` + ``if X``) or of a ``menu``/``choice``'s ``depends on``
-that encloses it, in its own Kconfig file or around the ``source`` that reached it. A parent
-explains when an omission matches it, when it does not exist for this arch, or (recursively) through
-its own parents; an internal parent explains nothing by itself (whatever selects it would need the
-explanation). A symbol defined more than once inherits only through parents common to every
-definition. The chain is reported (``via``): ``CONFIG_SFC_MTD`` -> ``SFC`` (depends on) ->
-``NET_VENDOR_SOLARFLARE`` (if), a hardware omission.
+The Kconfig facts come from the tree's own Kconfig, parsed and evaluated by kconfiglib for the arch
+asked (:func:`load_tree`, with the kernel's environment of :func:`harness.kernel.explain.kconfig_env`)
+with our config loaded: each symbol's menu (the menu tree ``make menuconfig`` shows: ``menu`` blocks
+and ``menuconfig`` symbols with the entries they enclose), its definitions, whether it has a prompt,
+its ``choice``, and its dependencies. A symbol this arch does not define is looked up in the other
+arches' Kconfig (parsed on first use).
+
+An option that is off in ours inherits the explanation of a *parent* that is off in ours too, found by
+evaluating its dependencies on our values. Each definition's direct dependencies are its own
+``depends on`` and those of the ``if`` blocks, ``menu``s and ``choice``s enclosing it (around the
+``source`` that reached it too); when they hold but every prompt is hidden, the prompt's ``if``. Of the
+parts that are false, the symbol that makes them false is a parent: any false conjunct of an ``&&``;
+every disjunct of an ``||``, which then all need an explanation (the reason names each); ``A=y``,
+``A=m`` and ``A!=n`` with A off (never ``!A``: an option on in ours explains nothing). A parent
+explains when an omission matches it, when a fragment line switches it off, when this arch does not
+define it, or (recursively) through its own parents; an internal parent that is off only because
+nothing selects it explains nothing by itself (whatever would select it needs the explanation). A
+symbol defined more than once is explained only when every definition is. The shortest chain is
+reported (``via``, with how each parent encloses the one before): ``CONFIG_NET_ACT_CT`` ->
+``NF_CONNTRACK`` (depends on) -> ``NETFILTER`` (menu depends on), a policy omission. A fragment line at
+the root makes the option ``requested`` (``request`` names that line). Our config is loaded into
+kconfiglib as it is; options whose value Kconfig resolves otherwise (a stale config, another
+toolchain) are logged as a warning.
 
 y against m is counted apart ("built-in vs module"): both mean enabled. The exit status is 1 when an
 option the reference enables and ours does not is unexplained (unless ``allow_unexplained``). Values that
 differ (numbers, strings) never fail, nor do the members of a Kconfig ``choice`` when both configs pick
 a member of it, different ones (``HZ_250`` against ``HZ_1000``: one setting, two values).
-
-The menu and prompt of each symbol come from a small Kconfig scanner (:func:`load_index`): every
-Kconfig file of the tree is scanned once (cached under ``cache_root()/kconfig-index/``), then the
-``source`` statements are followed from the top-level Kconfig for the arch asked.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
-import hashlib
-import json
 import logging
 import os
-import re
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.arch import Arch, get_arch
+import kconfiglib
+from kconfiglib import Choice, MenuNode, Symbol
+
+from harness.arch import ARCHES, Arch, get_arch
 from harness.errors import InvalidArgument, UnsupportedArch
-from harness.fsutil import atomic_write_json, atomic_write_text
+from harness.fsutil import atomic_write_json
 from harness.kernel import contract as contract_mod
-from harness.kernel import kconfig, source
-from harness.layout import cache_root
+from harness.kernel import explain, kconfig, source
+
+if TYPE_CHECKING:
+    from kconfiglib import Expr  # Symbol | Choice | (op, Expr[, Expr]): only in typings/kconfiglib.pyi
 
 LOG = logging.getLogger(__name__)
 STEP = "compare-config"
@@ -63,408 +77,176 @@ CHOICE = "choice"  # members of one Kconfig choice: the two configs pick differe
 ENABLED = ("y", "m")
 NOT_IN_TREE, OTHER_ARCH, TOP_LEVEL = "(not in this tree)", "(not in this arch's Kconfig)", "(top level)"
 
+# -- how a parent encloses the option it explains (``via``) ---------------------------------------
+DEPENDS_ON, IF_BLOCK, MENU_DEPENDS, CHOICE_DEPENDS, PROMPT_IF = (
+    "depends on", "if", "menu depends on", "choice depends on", "prompt if")
+Parent = tuple[str, str]  # (CONFIG_ option, how it encloses the one before it)
+_BOOL_TRI = frozenset({kconfiglib.BOOL, kconfiglib.TRISTATE})
+_MAX_SELECTORS = 3
+
 
 # ================================================================================================
-# Kconfig scanner
+# The Kconfig tree (kconfiglib)
 # ================================================================================================
-SCAN_FORMAT = 2  # the shape of the cached per-file scan
-_ENTRY = re.compile(r"^(menuconfig|config)\s+([A-Za-z0-9_]+)\s*(?:#.*)?$")
-_QUOTED = r"""(["'])((?:\\.|(?!\1).)*)\1"""
-_PROMPT = re.compile(r"^(?:bool|tristate|string|int|hex|prompt)\s+" + _QUOTED)
-_MENU = re.compile(r"^menu\s+" + _QUOTED)
-_SOURCE = re.compile(r"^source\s+" + _QUOTED)
-_IF = re.compile(r"^if\s+(.*?)\s*(?:#.*)?$")
-_HELP = re.compile(r"^(?:help|---help---)\s*(?:#.*)?$")
-_STATEMENT = re.compile(r"^(?:config|menuconfig|choice|endchoice|menu|endmenu|if|endif|source|comment|mainmenu)\b")
-_SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")
-_DEPENDS = re.compile(r"^depends\s+on\s+(.*)$")
-_CONSTANTS = frozenset({"y", "m", "n"})
-DEPENDS_ON, IF_BLOCK, MENU_DEPENDS = "depends on", "if", "menu depends on"  # how a parent encloses
+class _Kconf(explain.Kconf):
+    """explain's Kconf that also keeps what kconfiglib folds into ``MenuNode.dep`` and then drops:
+    each menu node's own ``depends on`` and the block (``if``, ``menu``, ``choice``, the top) that
+    encloses it in the Kconfig text."""
+
+    def __init__(self, filename: str, arch: str) -> None:
+        self.blocks: dict[MenuNode, tuple[Expr, MenuNode]] = {}
+        super().__init__(filename, arch)
+
+    def _propagate_deps(self, node: MenuNode, visible_if: Expr) -> None:
+        # called once per block, parents first: each child's dep is still its own `depends on`
+        cur = node.list
+        while cur is not None:
+            self.blocks.setdefault(cur, (cur.dep, node))
+            cur = cur.next
+        super()._propagate_deps(node, visible_if)
 
 
-def _uncomment(expr: str) -> str:
-    """``expr`` without a trailing ``# comment`` (a '#' inside quotes is kept)."""
-    quote = None
-    for i, ch in enumerate(expr):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            return expr[:i]
-    return expr
-
-
-def conjuncts(expr: str) -> tuple[str, ...]:
-    """The plain symbols ANDed at the top level of a Kconfig expression: each one off makes the whole
-    expression false. ``A && (B && C) && !(D) && (E || F)`` -> (A, B, C); ``A || B`` -> ()."""
-    text = _uncomment(expr).strip()
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and text.startswith("&&", i):
-            parts.append(text[start:i])
-            start = i + 2
-            i += 1
-        elif depth == 0 and text.startswith("||", i):
-            return ()  # a disjunction at the top: no single symbol is required
-        i += 1
-    parts.append(text[start:])
-    out: list[str] = []
-    for part in (p.strip() for p in parts):
-        if _SYMBOL.match(part):
-            if part not in _CONSTANTS and not part.isdigit():
-                out.append(part)
-        elif part.startswith("(") and part.endswith(")") and _balanced(part[1:-1]):
-            out.extend(conjuncts(part[1:-1]))
-    return tuple(dict.fromkeys(out))
-
-
-def _balanced(text: str) -> bool:
-    depth = 0
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if depth < 0:
-            return False
-    return depth == 0
-
-
-Parent = tuple[str, str]  # (symbol, how it encloses: DEPENDS_ON | IF_BLOCK | MENU_DEPENDS)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One ``config``/``menuconfig`` definition in one file; ``menu`` is the chain of menu titles
-    enclosing it inside that file; ``parents`` the plain symbols its ``depends on`` requires, then
-    those of the ``if`` blocks and menus enclosing it inside that file (innermost first)."""
-
-    symbol: str
-    line: int
-    prompted: bool
-    menu: tuple[str, ...]
-    parents: tuple[Parent, ...] = ()
-    choice: int = 0  # the line of the `choice` whose member it is (0: none)
-
-
-@dataclass(frozen=True)
-class Sourced:
-    path: str  # as written (relative to the tree root, may hold $(SRCARCH))
-    line: int
-    menu: tuple[str, ...]
-    parents: tuple[Parent, ...] = ()  # of the if blocks and menus enclosing the source statement
-
-
-@dataclass(frozen=True)
-class FileScan:
-    entries: tuple[Entry, ...]
-    sources: tuple[Sourced, ...]
-
-
-@dataclass
-class _Frame:
-    kind: str  # menu | if | choice
-    title: str | None
-    menuconfigs: dict[str, str] = field(default_factory=dict)  # menuconfig symbol -> its prompt, at this level
-    parents: list[Parent] = field(default_factory=list)  # the if condition's / the menu's depends on symbols
-    line: int = 0  # of a choice
-
-
-@dataclass
-class _Open:
-    """The config entry being read: its prompt arrives on a later line."""
-
-    symbol: str
-    line: int
-    menuconfig: bool
-    menu: tuple[str, ...]
-    blocks: tuple[Parent, ...]
-    choice: int = 0
-    prompt: str | None = None
-    depends: list[str] = field(default_factory=list)
-
-
-def _indent(line: str) -> int:
-    width = 0
-    for ch in line:
-        if ch == "\t":
-            width = (width & ~7) + 8
-        elif ch == " ":
-            width += 1
-        else:
-            break
-    return width
-
-
-class _Scanner:
-    """One Kconfig file, statement by statement (help texts skipped the way Kconfig's lexer does)."""
-
-    def __init__(self) -> None:
-        self.frames: list[_Frame] = [_Frame("file", None)]
-        self.entries: list[Entry] = []
-        self.sources: list[Sourced] = []
-        self.open: _Open | None = None
-        self.attributed: _Frame | None = None  # a menu/choice whose own depends on may follow
-
-    def chain(self) -> tuple[str, ...]:
-        return tuple(f.title for f in self.frames if f.title)
-
-    def choice(self) -> int:
-        return next((f.line for f in reversed(self.frames) if f.kind == "choice"), 0)
-
-    def blocks(self) -> tuple[Parent, ...]:
-        return tuple(p for f in reversed(self.frames) for p in f.parents)
-
-    def close_entry(self) -> None:
-        e = self.open
-        if e is None:
-            return
-        parents = tuple((s, DEPENDS_ON) for s in dict.fromkeys(e.depends))
-        parents += tuple(b for b in e.blocks if b[0] not in e.depends)
-        self.entries.append(Entry(e.symbol, e.line, e.prompt is not None, e.menu, parents, e.choice))
-        if e.menuconfig and e.prompt is not None:
-            self.frames[-1].menuconfigs[e.symbol] = e.prompt
-        self.open = None
-
-    def pop(self, kind: str) -> None:
-        for i in range(len(self.frames) - 1, 0, -1):
-            if self.frames[i].kind == kind:
-                del self.frames[i:]
-                return
-
-    def statement(self, text: str, no: int) -> None:
-        if not _STATEMENT.match(text):
-            m = _PROMPT.match(text)
-            if m and self.open is not None and self.open.prompt is None:
-                self.open.prompt = m[2]
-            elif m := _DEPENDS.match(text):
-                if self.open is not None:
-                    self.open.depends.extend(conjuncts(m[1]))
-                elif self.attributed is not None:
-                    self.attributed.parents.extend((s, MENU_DEPENDS) for s in conjuncts(m[1]))
-            return
-        self.close_entry()
-        self.attributed = None
-        word = text.split(None, 1)[0]
-        if m := _ENTRY.match(text):
-            self.open = _Open(m[2], no, m[1] == "menuconfig", self.chain(), self.blocks(), self.choice())
-        elif m := _MENU.match(text):
-            self.frames.append(_Frame("menu", m[2]))
-            self.attributed = self.frames[-1]
-        elif word == "if":
-            m = _IF.match(text)
-            cond = m[1] if m else ""
-            title = self.frames[-1].menuconfigs.get(cond) if _SYMBOL.match(cond) else None
-            self.frames.append(_Frame("if", title, parents=[(s, IF_BLOCK) for s in conjuncts(cond)]))
-        elif word == "choice":
-            self.frames.append(_Frame("choice", None, line=no))
-            self.attributed = self.frames[-1]
-        elif word in ("endmenu", "endif", "endchoice"):
-            self.pop(word[3:])
-        elif m := _SOURCE.match(text):
-            self.sources.append(Sourced(m[2], no, self.chain(), self.blocks()))
-
-    def result(self) -> FileScan:
-        self.close_entry()
-        return FileScan(tuple(self.entries), tuple(self.sources))
-
-
-def scan_text(text: str) -> FileScan:
-    """The config definitions and source statements of one Kconfig file."""
-    sc = _Scanner()
-    lines = text.splitlines()
-    help_indent: int | None = None
-    in_help = False
-    i = 0
-    while i < len(lines):
-        raw, no = lines[i], i + 1
-        i += 1
-        if in_help:
-            if not raw.strip():
-                continue
-            ind = _indent(raw)
-            if help_indent is None and ind > 0:
-                help_indent = ind
-                continue
-            if help_indent is not None and ind >= help_indent:
-                continue
-            in_help = False
-        while raw.rstrip().endswith("\\") and i < len(lines):
-            raw = raw.rstrip()[:-1] + " " + lines[i]
-            i += 1
-        text_ = raw.strip()
-        if not text_ or text_.startswith("#"):
-            continue
-        if _HELP.match(text_):
-            in_help, help_indent = True, None
-            continue
-        sc.statement(text_, no)
-    return sc.result()
-
-
-@dataclass(frozen=True)
-class Symbol:
-    name: str  # without CONFIG_
-    definitions: tuple[str, ...]  # "path:line" of each definition reached for the arch
-    prompted: bool  # some definition has a prompt: a user (or a fragment) chooses it
-    menu: tuple[str, ...]
-    parents: tuple[Parent, ...] = ()  # required by every definition: depends on, then enclosing blocks
-    choice: str | None = None  # "path:line" of the `choice` it is a member of
-
-
-@dataclass(frozen=True)
-class KconfigIndex:
-    srcarch: str
-    symbols: dict[str, Symbol]  # reachable from the top-level Kconfig for srcarch
-    elsewhere: dict[str, tuple[str, ...]]  # defined only in files not reached (other arches, unsourced)
-
-    def lookup(self, option: str) -> Symbol | None:
-        return self.symbols.get(option.removeprefix("CONFIG_"))
-
-    def defined_elsewhere(self, option: str) -> tuple[str, ...]:
-        return self.elsewhere.get(option.removeprefix("CONFIG_"), ())
-
-    def choices(self) -> dict[str, tuple[str, ...]]:
-        """choice ("path:line") -> its member symbols."""
-        out: dict[str, list[str]] = {}
-        for sym in self.symbols.values():
-            if sym.choice:
-                out.setdefault(sym.choice, []).append(sym.name)
-        return {k: tuple(v) for k, v in out.items()}
-
-
-def _other_arch(path: str, srcarch: str) -> bool:
-    parts = path.split("/")
-    return len(parts) > 2 and parts[0] == "arch" and parts[1] != srcarch
-
-
-def build_index(scans: dict[str, FileScan], srcarch: str, top: str = "Kconfig") -> KconfigIndex:
-    """Follow ``source`` from ``top`` for ``srcarch`` (other arches' directories skipped) and index
-    every definition reached, with its full menu chain."""
-    defs: dict[str, list[tuple[str, Entry, tuple[str, ...], tuple[Parent, ...]]]] = {}
-    visited: set[str] = set()
-
-    def visit(path: str, outer: tuple[str, ...], outer_parents: tuple[Parent, ...]) -> None:
-        if path in visited or path not in scans or _other_arch(path, srcarch):
-            if path not in scans and path not in visited:
-                LOG.debug("[%s] sourced Kconfig %s not in the tree", STEP, path)
-            return
-        visited.add(path)
-        scan = scans[path]
-        items: list[tuple[int, Entry | Sourced]] = [(e.line, e) for e in scan.entries]
-        items += [(s.line, s) for s in scan.sources]
-        for _, item in sorted(items, key=lambda t: t[0]):
-            chain = outer + tuple(t.replace("$(SRCARCH)", srcarch) for t in item.menu)
-            parents = item.parents + outer_parents  # innermost first
-            if isinstance(item, Entry):
-                defs.setdefault(item.symbol, []).append((path, item, chain, parents))
-            elif "$(" in item.path.replace("$(SRCARCH)", ""):
-                LOG.debug("[%s] %s:%d: not following %s", STEP, path, item.line, item.path)
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                visit(item.path.replace("$(SRCARCH)", srcarch), chain, parents)
-
-    visit(top, (), ())
-    symbols = {}
-    for name, found in defs.items():
-        prompted = [f for f in found if f[1].prompted]
-        chosen = (prompted or found)[0]
-        in_choice = next((f for f in found if f[1].choice), None)
-        symbols[name] = Symbol(name, tuple(f"{p}:{e.line}" for p, e, _, _ in found), bool(prompted), chosen[2],
-                               _common_parents(name, [f[3] for f in found]),
-                               f"{in_choice[0]}:{in_choice[1].choice}" if in_choice else None)
-    elsewhere: dict[str, list[str]] = {}
-    for path in sorted(set(scans) - visited):
-        for e in scans[path].entries:
-            if e.symbol not in symbols:
-                elsewhere.setdefault(e.symbol, []).append(f"{path}:{e.line}")
-    return KconfigIndex(srcarch, symbols, {k: tuple(v) for k, v in elsewhere.items()})
+                os.environ[k] = v
 
 
-def _common_parents(name: str, per_definition: list[tuple[Parent, ...]]) -> tuple[Parent, ...]:
-    """The parents every definition requires (Kconfig ORs the definitions of one symbol), each once,
-    in the first definition's order; never the symbol itself."""
-    first: dict[str, str] = {}
-    for sym, how in per_definition[0]:
-        first.setdefault(sym, how)
-    common = set(first)
-    for parents in per_definition[1:]:
-        common &= {sym for sym, _ in parents}
-    return tuple((sym, how) for sym, how in first.items() if sym in common and sym != name)
-
-
-# -- the per-tree cache --------------------------------------------------------------------------
-def kconfig_files(tree: Path) -> list[tuple[str, int, int]]:
-    """(path relative to the tree, mtime_ns, size) of every Kconfig* file, sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("Kconfig"):
-                p = Path(dirpath) / name
-                st = p.stat()
-                out.append((p.relative_to(tree).as_posix(), st.st_mtime_ns, st.st_size))
-    return sorted(out)
-
-
-def _index_cache(tree: Path, files: list[tuple[str, int, int]]) -> Path:
-    tree_key = hashlib.sha256(str(tree.resolve()).encode()).hexdigest()[:16]
-    h = hashlib.sha256(f"format {SCAN_FORMAT}\n".encode())
-    h.update(Path(__file__).read_bytes())  # a change to the scanner invalidates what it scanned
-    for rel, mtime, size in files:
-        h.update(f"{rel}\0{mtime}\0{size}\n".encode())
-    return cache_root() / "kconfig-index" / f"{tree_key}-{h.hexdigest()[:16]}.json"
-
-
-def _scans_to_json(scans: dict[str, FileScan]) -> dict:
-    return {path: {"entries": [[e.symbol, e.line, e.prompted, list(e.menu), [list(p) for p in e.parents], e.choice]
-                               for e in s.entries],
-                   "sources": [[x.path, x.line, list(x.menu), [list(p) for p in x.parents]] for x in s.sources]}
-            for path, s in scans.items()}
-
-
-def _scans_from_json(data: dict) -> dict[str, FileScan]:
-    return {path: FileScan(tuple(Entry(sym, line, prompted, tuple(menu), tuple((a, b) for a, b in parents), choice)
-                                 for sym, line, prompted, menu, parents, choice in s["entries"]),
-                           tuple(Sourced(p, line, tuple(menu), tuple((a, b) for a, b in parents))
-                                 for p, line, menu, parents in s["sources"]))
-            for path, s in data.items()}
-
-
-def scan_tree(tree: Path) -> dict[str, FileScan]:
-    """Every Kconfig file of ``tree`` scanned, from the cache when no Kconfig file changed."""
-    files = kconfig_files(tree)
-    cache = _index_cache(tree, files)
-    if cache.is_file():
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("format") == SCAN_FORMAT and data.get("tree") == str(tree.resolve()):
-                LOG.info("[%s] Kconfig index from %s", STEP, cache)
-                return _scans_from_json(data["files"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            LOG.warning("[%s] ignoring an unreadable Kconfig index %s: %s", STEP, cache, exc)
-    LOG.info("[%s] scanning %d Kconfig files of %s", STEP, len(files), tree)
-    scans = {rel: scan_text((tree / rel).read_text(errors="replace")) for rel, _, _ in files}
-    payload = {"format": SCAN_FORMAT, "tree": str(tree.resolve()), "files": _scans_to_json(scans)}
-    atomic_write_text(cache, json.dumps(payload, separators=(",", ":")))
-    prefix = cache.name.split("-")[0] + "-"
-    for stale in cache.parent.glob(prefix + "*.json"):  # the same tree, older Kconfig files
-        if stale != cache:
-            stale.unlink(missing_ok=True)
-    return scans
-
-
-def load_index(tree: Path, srcarch: str) -> KconfigIndex:
+def load_tree(tree: Path, arch: Arch | str) -> KconfigTree:
+    """Parse ``tree``/Kconfig for ``arch`` as :func:`harness.kernel.explain.load` does (the kernel's
+    environment, $(shell,...) probes from a scratch directory), keeping the block structure."""
+    a = get_arch(arch) if isinstance(arch, str) else arch
+    tree = Path(tree)
     if not (tree / "Kconfig").is_file():
         raise InvalidArgument(f"{tree} is not a kernel tree (no top-level Kconfig)", step=STEP)
-    return build_index(scan_tree(tree), srcarch)
+    root = tree.resolve()
+    try:
+        with (_environment(explain.kconfig_env(root, a)), tempfile.TemporaryDirectory(prefix="compare-config-") as tmp,
+              contextlib.chdir(tmp)):
+            kconf = _Kconf(str(root / "Kconfig"), a.name)
+    except kconfiglib.KconfigError as exc:
+        raise InvalidArgument(f"cannot parse the Kconfig of {tree} for {a.name}: {exc}", step=STEP) from None
+    LOG.info("[%s] %s: %d Kconfig symbols for %s", STEP, tree, len(kconf.unique_defined_syms), a.name)
+    return KconfigTree(tree, a, kconf)
+
+
+class KconfigTree:
+    """One kernel tree's Kconfig for one arch, and the facts compare-config takes from it."""
+
+    def __init__(self, path: Path, arch: Arch, kconf: _Kconf) -> None:
+        self.path, self.arch, self.kconf = path, arch, kconf
+        self._root = path.resolve()
+        self._others: list[KconfigTree] | None = None
+
+    @property
+    def srcarch(self) -> str:
+        return self.arch.srcarch
+
+    @property
+    def size(self) -> int:
+        """How many symbols this arch's Kconfig defines."""
+        return len(self.kconf.unique_defined_syms)
+
+    def symbol(self, option: str) -> Symbol | None:
+        """The symbol of ``option`` (with or without CONFIG_) when this arch defines it."""
+        sym = self.kconf.syms.get(option.removeprefix("CONFIG_"))
+        return sym if sym is not None and sym.nodes else None
+
+    def main_node(self, sym: Symbol) -> MenuNode:
+        """The definition that places the symbol in the menus: the first with a prompt."""
+        return next((n for n in sym.nodes if n.prompt), sym.nodes[0])
+
+    def prompted(self, sym: Symbol) -> bool:
+        """Some definition has a prompt: a user (or a fragment) chooses it."""
+        return any(n.prompt for n in sym.nodes)
+
+    def menu(self, sym: Symbol) -> tuple[str, ...]:
+        """The titles of the menus enclosing the symbol, outermost first: ``menu`` blocks and
+        ``menuconfig`` symbols (choices and the top menu are not menus here)."""
+        titles: list[str] = []
+        node = self.main_node(sym).parent
+        while node is not None and node is not self.kconf.top_node:
+            if node.prompt and (node.item == kconfiglib.MENU or (isinstance(node.item, Symbol) and node.is_menuconfig)):
+                titles.append(node.prompt[0])
+            node = node.parent
+        return tuple(reversed(titles))
+
+    def location(self, node: MenuNode) -> str:
+        name = node.filename
+        with contextlib.suppress(ValueError):
+            name = Path(name).relative_to(self._root).as_posix() if os.path.isabs(name) else name
+        return f"{name}:{node.linenr}"
+
+    def locations(self, sym: Symbol) -> tuple[str, ...]:
+        """The "path:line" of every definition."""
+        return tuple(self.location(n) for n in sym.nodes)
+
+    def elsewhere(self, option: str) -> tuple[str, ...]:
+        """Where the other arches define a symbol this one does not (their Kconfig parsed on first use)."""
+        if self._others is None:
+            self._others = []
+            for other in ARCHES.values():
+                if other.srcarch != self.srcarch:
+                    try:
+                        self._others.append(load_tree(self.path, other))
+                    except InvalidArgument as exc:
+                        LOG.warning("[%s] not looking in %s's Kconfig: %s", STEP, other.name, exc.message)
+        out: list[str] = []
+        for tree in self._others:
+            sym = tree.symbol(option)
+            if sym is not None:
+                out += [loc for loc in tree.locations(sym) if loc not in out]
+        return tuple(out)
+
+    def parts(self, node: MenuNode) -> list[tuple[str, Expr]]:
+        """The direct dependencies of one definition (they AND to ``node.dep``), innermost first:
+        (DEPENDS_ON, its own), then (IF_BLOCK | MENU_DEPENDS | CHOICE_DEPENDS, the enclosing block's
+        own), up to the top; parts that are always true left out."""
+        blocks = self.kconf.blocks
+        own, enclosing = blocks.get(node, (node.dep, None))
+        out: list[tuple[str, Expr]] = [(DEPENDS_ON, own)]
+        while enclosing is not None and enclosing in blocks:
+            how = (CHOICE_DEPENDS if isinstance(enclosing.item, Choice) else
+                   MENU_DEPENDS if enclosing.item == kconfiglib.MENU else IF_BLOCK)
+            own, outer = blocks[enclosing]
+            out.append((how, own))
+            enclosing = outer
+        return [(how, e) for how, e in out if e is not self.kconf.y]
+
+    def load_values(self, values: Mapping[str, str]) -> list[str]:
+        """Load a config ({option: value} as parsed) into the Kconfig, as ``load_config`` does
+        (replacing any other); the options of it whose value Kconfig resolves otherwise (a stale
+        config: its explanations may not hold)."""
+        with tempfile.TemporaryDirectory(prefix="compare-config-") as tmp:
+            path = Path(tmp) / "values.config"
+            path.write_text("".join(f"# {o} is not set\n" if v.strip() == "n" else f"{o}={v}\n"
+                                    for o, v in values.items()))
+            self.kconf.load_config(str(path), replace=True)
+        return [o for o, v in values.items()
+                if (sym := self.symbol(o)) is not None and normalise(sym.str_value) != normalise(v)]
+
+    def selectors(self, sym: Symbol) -> list[str]:
+        """The symbols that ``select`` this one."""
+        if sym.rev_dep is self.kconf.n:
+            return []
+        names: list[str] = []
+        for term in kconfiglib.split_expr(sym.rev_dep, kconfiglib.OR):
+            first = kconfiglib.split_expr(term, kconfiglib.AND)[0]
+            if isinstance(first, Symbol) and first.name not in names:
+                names.append(first.name)
+        return names
 
 
 # ================================================================================================
-# Comparison (pure)
+# Comparison
 # ================================================================================================
 def normalise(value: str | None) -> str:
     """'# CONFIG_X is not set', absence and an empty string all mean n; strings lose their quotes."""
@@ -507,7 +289,7 @@ class Difference:
     def group(self) -> str:
         return " > ".join(self.menu) if self.menu else TOP_LEVEL
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"option": self.option, "ours": self.ours, "reference": self.reference,
                 "direction": self.direction, "class": self.cls, "reason": self.reason,
                 "menu": list(self.menu), "kconfig": list(self.kconfig), "request": self.request,
@@ -561,94 +343,167 @@ class Comparison:
                 f"{c[UNEXPLAINED]} unexplained ({len(self.failing())} enabled by the reference); "
                 f"{c[Y_VS_M]} built-in vs module")
 
-    def to_json(self, **meta: object) -> dict:
+    def to_json(self, **meta: object) -> dict[str, Any]:
         return {**meta, "arch": self.arch, "counts": self.counts(), "failing": [d.option for d in self.failing()],
                 "unexplained_prefixes": [{"prefix": p, "count": n, "menus": dict(m)}
                                          for p, n, m in self.unexplained_prefixes(limit=10**6)],
                 "differences": [d.to_json() for d in self.differences]}
 
 
-def _symbol_facts(option: str, index: KconfigIndex) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+def _symbol_facts(option: str, tree: KconfigTree) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
     """(menu, kconfig locations, reason when the symbol is internal or not in this arch)."""
-    sym = index.lookup(option)
+    sym = tree.symbol(option)
     if sym is not None:
-        reason = None if sym.prompted else f"internal symbol (no prompt: derived, never chosen) at {sym.definitions[0]}"
-        return sym.menu, sym.definitions, reason
-    elsewhere = index.defined_elsewhere(option)
+        where = tree.locations(sym)
+        if tree.prompted(sym):
+            return tree.menu(sym), where, None
+        reason = f"internal symbol (no prompt: derived, never chosen) at {where[0]}"
+        selectors = tree.selectors(sym)
+        if selectors:
+            more = f" (+{len(selectors) - _MAX_SELECTORS} more)" if len(selectors) > _MAX_SELECTORS else ""
+            reason += f"; selected by {', '.join(selectors[:_MAX_SELECTORS])}{more}"
+        return tree.menu(sym), where, reason
+    elsewhere = tree.elsewhere(option)
     if elsewhere:
-        where = ", ".join(elsewhere[:3]) + (f" (+{len(elsewhere) - 3} more)" if len(elsewhere) > 3 else "")
-        return (OTHER_ARCH,), elsewhere, f"not in {index.srcarch}'s Kconfig: defined only in {where}"
-    return (NOT_IN_TREE,), (), "not defined in this kernel tree"
+        text = ", ".join(elsewhere[:3]) + (f" (+{len(elsewhere) - 3} more)" if len(elsewhere) > 3 else "")
+        return (OTHER_ARCH,), elsewhere, f"not in {tree.srcarch}'s Kconfig: defined only in {text}"
+    return (NOT_IN_TREE,), (), f"not defined in this kernel tree (the Kconfig of {' or '.join(ARCHES)})"
+
+
+# the kind of root an explanation ends in, strongest first
+_ROOT_OMISSION, _ROOT_FRAGMENT, _ROOT_ABSENT = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Inherited:
     """Why a parent is off in ours: ``chain`` from the child's first parent to the root, which an
-    omission matches (``omission``) or which this arch does not have (``reason`` only)."""
+    omission matches (``omission``), a fragment line switches off (``request``), or which this arch
+    does not have (``reason`` only). ``also``: when the child needs several parents off (the
+    disjuncts of an ``||``), the explanations of the others."""
 
     chain: tuple[Parent, ...]
-    cls: str  # OMITTED | HARDWARE
+    cls: str  # OMITTED | HARDWARE | REQUESTED
     reason: str  # the root's
     omission: contract_mod.Omission | None = None
+    request: str | None = None  # the fragment line of the root
+    root: int = _ROOT_OMISSION
+    also: tuple[Inherited, ...] = ()
+
+    def names(self) -> str:
+        return " -> ".join(o.removeprefix("CONFIG_") for o, _ in self.chain)
 
     def describe(self) -> str:
-        names = " -> ".join(o.removeprefix("CONFIG_") for o, _ in self.chain)
-        return f"via {names}: {self.reason}"
+        """``via A -> B: <the root's reason>``, then ``; and via C: ...`` for each other branch needed
+        (``; and via C, the same`` when its root gives the same reason)."""
+        text = f"via {self.names()}: {self.reason}"
+        for other in self.also:
+            text += f"; and via {other.names()}, the same" if other.reason == self.reason and not other.also \
+                else f"; and {other.describe()}"
+        return text
 
 
-def _rank(why: Inherited) -> tuple[int, bool]:
-    """The shortest chain first; at equal length an omission's reason before 'not in this arch'."""
-    return len(why.chain), why.omission is None
+def _rank(why: Inherited) -> tuple[int, int, int]:
+    """The shortest chain first; at equal length an omission before a fragment line before 'not in
+    this arch'; then the fewest other branches."""
+    return len(why.chain), why.root, len(why.also)
+
+
+def _prefixed(link: Parent, why: Inherited) -> Inherited:
+    return replace(why, chain=(link, *why.chain), also=tuple(_prefixed(link, o) for o in why.also))
 
 
 class Inheritance:
-    """Explanations that options off in ``ours`` inherit from their parents (memoised per symbol)."""
+    """Explanations that options off in ours inherit from their parents, evaluated on the values
+    loaded in ``tree`` (ours; memoised per symbol)."""
 
-    def __init__(self, ours: dict[str, str], contract: contract_mod.Contract, index: KconfigIndex, arch: str):
-        self.ours, self.contract, self.index, self.arch = ours, contract, index, arch
+    def __init__(self, tree: KconfigTree, contract: contract_mod.Contract, arch: str,
+                 requests: Mapping[str, kconfig.Request] | None = None) -> None:
+        self.tree, self.contract, self.arch, self.requests = tree, contract, arch, requests or {}
         self._memo: dict[str, Inherited | None] = {}
 
-    def off(self, sym: str) -> bool:
-        return normalise(self.ours.get(f"CONFIG_{sym}")) == "n"
-
-    def _root(self, sym: str) -> Inherited | None:
-        """``sym`` (off in ours) explained by itself: an omission, or absent from this arch."""
-        om = self.contract.omission(sym, self.arch)
+    def _root(self, sym: Symbol) -> Inherited | None:
+        """``sym`` (off in ours) explained by itself: an omission, a fragment line, absent from this arch."""
+        option = f"CONFIG_{sym.name}"
+        om = self.contract.omission(option, self.arch)
         if om is not None:
             return Inherited((), HARDWARE if om.kind == "hardware" else OMITTED,
                              f"{om.kind} omission '{om.name}': {om.reason}", om)
-        if self.index.lookup(sym) is None:
-            return Inherited((), HARDWARE, _symbol_facts(sym, self.index)[2] or "")
+        req = self.requests.get(option)
+        if req is not None and normalise(req.value) == "n":
+            return Inherited((), REQUESTED, f"{req.where}: {option}={req.value}", request=req.where,
+                             root=_ROOT_FRAGMENT)
+        if not sym.nodes:
+            return Inherited((), HARDWARE, _symbol_facts(option, self.tree)[2] or "", root=_ROOT_ABSENT)
         return None
 
-    def parent_of(self, sym: str) -> Inherited | None:
-        """The shortest chain explaining why ``sym``'s options are off: through the parents of its
-        Kconfig definition that are off in ours (None when none is explained)."""
-        sym = sym.removeprefix("CONFIG_")
-        if sym in self._memo:
-            return self._memo[sym]
-        self._memo[sym] = None  # Kconfig forbids dependency loops; this guards against a bad tree
-        found = self.index.lookup(sym)
-        best: Inherited | None = None
-        for parent, how in (found.parents if found else ()):
-            if not self.off(parent):
-                continue
-            why = self._root(parent) or self.parent_of(parent)
-            if why is None:
-                continue
-            cand = Inherited(((f"CONFIG_{parent}", how),) + why.chain, why.cls, why.reason, why.omission)
-            if best is None or _rank(cand) < _rank(best):
-                best = cand
-        self._memo[sym] = best
-        return best
+    def parent_of(self, option: str) -> Inherited | None:
+        """The best chain explaining why ``option`` is off through its parents (None when none is
+        explained, or nothing in its dependencies keeps it off)."""
+        name = option.removeprefix("CONFIG_")
+        if name in self._memo:
+            return self._memo[name]
+        self._memo[name] = None  # Kconfig forbids dependency loops; this guards against a bad tree
+        sym = self.tree.symbol(name)
+        found = self._explain(sym) if sym is not None else None
+        self._memo[name] = found
+        return found
+
+    def _explain(self, sym: Symbol) -> Inherited | None:
+        per_node: list[tuple[MenuNode, Inherited | None]]
+        if kconfiglib.expr_value(sym.direct_dep) == 0:  # every definition's dependencies are unmet
+            per_node = [(n, self._false(self.tree.parts(n))) for n in sym.nodes]
+        elif sym.visibility == 0 and self.tree.prompted(sym):  # met, but every prompt is hidden
+            per_node = [(n, self._false([(PROMPT_IF, n.prompt[1])])) for n in sym.nodes if n.prompt]
+        else:
+            return None
+        if any(why is None for _, why in per_node):
+            return None
+        main = self.tree.main_node(sym)
+        return next((why for n, why in per_node if n is main), per_node[0][1])
+
+    def _false(self, parts: list[tuple[str, Expr]]) -> Inherited | None:
+        """The best explanation of one false part (each is enough to keep the definition off)."""
+        found = [why for how, expr in parts if kconfiglib.expr_value(expr) == 0
+                 for why in (self._why_false(expr, how),) if why is not None]
+        return min(found, key=_rank, default=None)
+
+    def _why_false(self, expr: Expr, how: str) -> Inherited | None:
+        if isinstance(expr, Symbol):
+            return self._through(expr, how)
+        if isinstance(expr, Choice):
+            return None
+        op = expr[0]
+        if op == kconfiglib.AND:
+            return self._false([(how, conj) for conj in kconfiglib.split_expr(expr, kconfiglib.AND)])
+        if op == kconfiglib.OR:  # every disjunct is false: each needs an explanation
+            whys = [self._why_false(d, how) for d in kconfiglib.split_expr(expr, kconfiglib.OR)]
+            known = [w for w in whys if w is not None]
+            if len(known) < len(whys):
+                return None
+            best = min(known, key=_rank)
+            return replace(best, also=best.also + tuple(w for w in known if w is not best))
+        if len(expr) == 3 and op in (kconfiglib.EQUAL, kconfiglib.UNEQUAL):
+            left, right = expr[1], expr[2]
+            for sym, const in ((left, right), (right, left)):
+                if isinstance(sym, Symbol) and not sym.is_constant and isinstance(const, Symbol) \
+                        and const.is_constant and const.name in (("y", "m") if op == kconfiglib.EQUAL else ("n",)):
+                    return self._through(sym, how)  # A=y, A=m, A!=n: false because A is off
+        return None  # !A, other comparisons: nothing an omission explains
+
+    def _through(self, sym: Symbol, how: str) -> Inherited | None:
+        """``sym`` as a parent: explained when it is off and its root (or its parents) explain it."""
+        if sym.is_constant or (sym.nodes and (sym.orig_type not in _BOOL_TRI or sym.tri_value)):
+            return None
+        why = self._root(sym) or self.parent_of(sym.name)
+        return _prefixed((f"CONFIG_{sym.name}", how), why) if why is not None else None
 
 
-def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig.Request],
-             contract: contract_mod.Contract, index: KconfigIndex, arch: str,
+def classify(option: str, ours: str, reference: str, requests: Mapping[str, kconfig.Request],
+             contract: contract_mod.Contract, tree: KconfigTree, arch: str,
              inheritance: Inheritance | None = None, picks: tuple[str, str] | None = None) -> Difference:
     """``picks``: (ours, the reference's) member of the choice ``option`` belongs to, when both pick one."""
     way = CHOICE if picks else direction(ours, reference)
-    menu, where, symbol_reason = _symbol_facts(option, index)
+    menu, where, symbol_reason = _symbol_facts(option, tree)
     base: dict[str, Any] = dict(option=option, ours=ours, reference=reference, direction=way, menu=menu,
                                 kconfig=where)
     cap = contract.requirement(option, arch)
@@ -672,6 +527,7 @@ def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig
     inherited = inheritance.parent_of(option) if inheritance is not None and ours == "n" else None
     if inherited is not None:
         om = inherited.omission
+        base["request"] = inherited.request
         return Difference(cls=inherited.cls, reason=inherited.describe(), omission=om.name if om else None,
                           omission_kind=om.kind if om else None, via=inherited.chain, **base)
     if symbol_reason is not None:
@@ -682,26 +538,33 @@ def classify(option: str, ours: str, reference: str, requests: dict[str, kconfig
     return Difference(cls=UNEXPLAINED, reason="no fragment line, no omission in the contract", **base)
 
 
-def compare(ours: dict[str, str], reference: dict[str, str], requests: dict[str, kconfig.Request],
-            contract: contract_mod.Contract, index: KconfigIndex, arch: str) -> Comparison:
-    """Every option whose normalised value differs between ``ours`` and ``reference``, classified."""
+def compare(ours: Mapping[str, str], reference: Mapping[str, str], requests: Mapping[str, kconfig.Request],
+            contract: contract_mod.Contract, tree: KconfigTree, arch: str | None = None) -> Comparison:
+    """Every option whose normalised value differs between ``ours`` and ``reference``, classified.
+    Loads ``ours`` into ``tree`` (the dependencies are evaluated on it)."""
+    arch = arch or tree.arch.name
+    stale = tree.load_values(ours)
+    if stale:
+        LOG.warning("[%s] %d option(s) of our config are not what its Kconfig resolves (%s%s): is the config "
+                    "stale? ('nox -s update-configs' brings it in line)", STEP, len(stale), ", ".join(stale[:5]),
+                    ", ..." if len(stale) > 5 else "")
     diffs = []
-    inheritance = Inheritance(ours, contract, index, arch)
-    members = index.choices()
+    inheritance = Inheritance(tree, contract, arch, requests)
 
-    def pick(config: dict[str, str], choice: str) -> str | None:
-        return next((f"CONFIG_{m}" for m in members[choice] if normalise(config.get(f"CONFIG_{m}")) == "y"), None)
+    def pick(config: Mapping[str, str], choice: Choice) -> str | None:
+        return next((f"CONFIG_{m.name}" for m in choice.syms if normalise(config.get(f"CONFIG_{m.name}")) == "y"),
+                    None)
 
     for option in sorted(set(ours) | set(reference)):
         o, r = normalise(ours.get(option)), normalise(reference.get(option))
         if o != r:
-            sym = index.lookup(option)
+            sym = tree.symbol(option)
             picks = None
-            if sym is not None and sym.choice and {o, r} == {"y", "n"}:
+            if sym is not None and sym.choice is not None and {o, r} == {"y", "n"}:
                 p_ours, p_ref = pick(ours, sym.choice), pick(reference, sym.choice)
                 if p_ours and p_ref and p_ours != p_ref:
                     picks = (p_ours, p_ref)
-            diffs.append(classify(option, o, r, requests, contract, index, arch, inheritance, picks))
+            diffs.append(classify(option, o, r, requests, contract, tree, arch, inheritance, picks))
     return Comparison(arch, tuple(diffs))
 
 
@@ -814,10 +677,10 @@ def run(arch: str, reference: str | Path, *, tree: Path | None = None, allow_une
     requests = kconfig.get_variant(PRODUCTION).requests(arch_)
     contract = _contract(contract_path)
     tree_path = Path(tree) if tree else _pinned_tree(pin)
-    index = load_index(tree_path, arch_.srcarch)
-    result = compare(ours, ref, requests, contract, index, arch_.name)
+    kconfig_tree = load_tree(tree_path, arch_)
+    result = compare(ours, ref, requests, contract, kconfig_tree, arch_.name)
     header = (f"compare-config {arch_.name}: ours {ours_path} vs reference {ref_path}\n"
-              f"(tree {tree_path}, contract {contract.path}; {len(index.symbols)} Kconfig symbols)")
+              f"(tree {tree_path}, contract {contract.path}; {kconfig_tree.size} Kconfig symbols)")
     print(render(result, header=header))
     if json_path:
         atomic_write_json(Path(json_path), result.to_json(ours=str(ours_path), reference=str(ref_path),

@@ -1,6 +1,7 @@
 """``compare-config`` against the real thing: this host's Debian kernel config, the committed production
-config and the real pinned tree (unpacked by the harness, as the CLI does). Facts checked through the
-contract and the fragments themselves, never through counts that depend on their content."""
+config and the real pinned tree (unpacked by the harness, as the CLI does), its Kconfig evaluated by
+kconfiglib. Facts checked through the contract, the fragments and the Kconfig themselves, never through
+counts that depend on their content."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import kconfiglib
 import pytest
 
 from harness.arch import get_arch
@@ -29,7 +32,7 @@ def _debian_config() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory) -> dict:
+def compared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ref = _debian_config()
     if ref is None:
         pytest.skip("no Debian kernel config in /boot (config-*)")
@@ -44,14 +47,15 @@ def compared(tmp_path_factory) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
+    ours = kconfig.parse_config_text(Path(data["ours"]).read_text())
+    tree = cc.load_tree(Path(data["tree"]), AMD64)
+    assert tree.load_values(ours) == []  # the committed config is what its Kconfig resolves
     return {"data": data, "stdout": proc.stdout, "cmd": cmd, "contract": contract.load(contract_path),
             "by": {d["option"]: d for d in data["differences"]}, "ref": ref,
-            "requests": kconfig.get_variant("production").requests(AMD64),
-            "ours": kconfig.parse_config_text(Path(data["ours"]).read_text()),
-            "index": cc.load_index(Path(data["tree"]), AMD64.srcarch)}
+            "requests": kconfig.get_variant("production").requests(AMD64), "ours": ours, "tree": tree}
 
 
-def test_thousands_of_options_classified(compared):
+def test_thousands_of_options_classified(compared: dict[str, Any]) -> None:
     data = compared["data"]
     assert len(data["differences"]) > 1000
     counts = data["counts"]
@@ -59,11 +63,12 @@ def test_thousands_of_options_classified(compared):
     assert all(counts[c] > 0 for c in ("requested", "hardware", "y-vs-m")), counts
     summary = [line for line in compared["stdout"].splitlines() if line.startswith("summary: amd64: ")]
     assert len(summary) == 1 and f"{len(data['differences'])} option(s) differ" in summary[0]
-    assert len(compared["index"].symbols) > 10000  # the whole x86 Kconfig, through `source`
+    assert compared["tree"].size > 10000  # the whole x86 Kconfig, through `source`
+    assert f"; {compared['tree'].size} Kconfig symbols)" in compared["stdout"].splitlines()[1]
 
 
-def test_every_class_agrees_with_the_fragments_and_the_contract(compared):
-    con, requests, index = compared["contract"], compared["requests"], compared["index"]
+def test_every_class_agrees_with_the_fragments_the_contract_and_the_kconfig(compared: dict[str, Any]) -> None:
+    con, requests, tree = compared["contract"], compared["requests"], compared["tree"]
     policy = 0
     for d in compared["data"]["differences"]:
         opt = d["option"]
@@ -72,6 +77,7 @@ def test_every_class_agrees_with_the_fragments_and_the_contract(compared):
             continue
         req = requests.get(opt)
         om = con.omission(opt, "amd64")
+        sym = tree.symbol(opt)
         if req is not None:
             assert (d["class"], d["request"]) == ("requested", req.where), d
         elif om is not None and d["direction"] != "ours-enables" and not (d["direction"] == "choice"
@@ -79,36 +85,51 @@ def test_every_class_agrees_with_the_fragments_and_the_contract(compared):
             assert (d["class"], d["omission"]) == ("omitted" if om.kind == "policy" else "hardware", om.name), d
             policy += om.kind == "policy"
         elif d["via"]:
-            _check_chain(d, con, index, compared["ours"])
+            _check_chain(d, con, requests, tree)
             policy += d["class"] == "omitted"
         elif d["class"] == "unexplained":
-            sym = index.lookup(opt)
-            assert sym is not None and sym.prompted, d  # a real choice, nobody explains
+            assert sym is not None and tree.prompted(sym), d  # a real choice, nobody explains
         else:
-            assert d["class"] == "hardware" and (index.lookup(opt) is None or not index.lookup(opt).prompted), d
+            assert d["class"] == "hardware" and (sym is None or not tree.prompted(sym)), d
     assert (compared["data"]["counts"]["omitted"] > 0) == (policy > 0)
 
 
-def _check_chain(d: dict, con: contract.Contract, index: cc.KconfigIndex, ours: dict[str, str]) -> None:
-    """An inherited explanation: each link a parent (depends on / enclosing block) of the one before,
-    off in ours; the root matched by the omission named, or absent from this arch."""
+def _in(sym: kconfiglib.Symbol, expr: kconfiglib.Expr) -> bool:
+    return sym in kconfiglib.expr_items(expr)
+
+
+def _check_chain(d: dict[str, Any], con: contract.Contract, requests: dict[str, kconfig.Request],
+                 tree: cc.KconfigTree) -> None:
+    """An inherited explanation: each link a symbol of the dependencies of the one before (its own
+    depends on, an enclosing block's, or its prompt's if) with that relation, off in ours; the root
+    matched by the omission named, switched off by the fragment line named, or absent from this arch."""
     assert d["ours"] == "n" and d["direction"] != "ours-enables", d
-    child = d["option"]
-    for link in d["via"]:
-        parents = dict(index.lookup(child).parents)
-        sym = link["option"].removeprefix("CONFIG_")
-        assert parents.get(sym) == link["relation"], (d, child, parents)
-        assert cc.normalise(ours.get(link["option"])) == "n", (d, link)
-        child = link["option"]
-    root = con.omission(child, "amd64")
+    child = tree.symbol(d["option"])
+    assert child is not None, d
+    for i, link in enumerate(d["via"]):
+        parent = tree.kconf.syms[link["option"].removeprefix("CONFIG_")]
+        assert parent.tri_value == 0, (d, link)
+        if link["relation"] == cc.PROMPT_IF:
+            assert any(n.prompt and _in(parent, n.prompt[1]) for n in child.nodes), (d, link)
+        else:
+            assert any(how == link["relation"] and _in(parent, expr)
+                       for node in child.nodes for how, expr in tree.parts(node)), (d, link)
+        if i < len(d["via"]) - 1:
+            found = tree.symbol(link["option"])
+            assert found is not None, (d, link)
+            child = found
+    root = d["via"][-1]["option"]
+    om, req = con.omission(root, "amd64"), requests.get(root)
     if d["omission"] is not None:
-        assert root is not None and root.name == d["omission"], d
-        assert d["class"] == ("omitted" if root.kind == "policy" else "hardware"), d
+        assert om is not None and om.name == d["omission"], d
+        assert d["class"] == ("omitted" if om.kind == "policy" else "hardware"), d
+    elif d["class"] == "requested":
+        assert req is not None and req.where == d["request"] and cc.normalise(req.value) == "n", d
     else:
-        assert root is None and index.lookup(child) is None and d["class"] == "hardware", d
+        assert om is None and tree.symbol(root) is None and d["class"] == "hardware", d
 
 
-def test_the_exit_status_follows_the_unexplained_options_the_reference_enables(compared):
+def test_the_exit_status_follows_the_unexplained_options_the_reference_enables(compared: dict[str, Any]) -> None:
     data = compared["data"]
     failing = [d["option"] for d in data["differences"]
                if d["class"] == "unexplained" and d["direction"] == "reference-enables"]
@@ -118,8 +139,9 @@ def test_the_exit_status_follows_the_unexplained_options_the_reference_enables(c
     assert rc == (1 if failing else 0)
 
 
-def test_known_facts(compared):
+def test_known_facts(compared: dict[str, Any]) -> None:
     by, ref, con = compared["by"], kconfig.parse_config_text(compared["ref"].read_text()), compared["contract"]
+    tree: cc.KconfigTree = compared["tree"]
     # virtio-blk carries the root disk: when it differs from Debian's, a fragment line says why
     if "CONFIG_VIRTIO_BLK" in by:
         vb = by["CONFIG_VIRTIO_BLK"]
@@ -137,11 +159,19 @@ def test_known_facts(compared):
     # options Debian 6.1 had and 6.12 dropped are not in the tree at all
     gone = [d for d in by.values() if d["menu"] == [cc.NOT_IN_TREE]]
     assert all(d["class"] in ("hardware", "requested", "omitted") for d in gone)
-    assert all(compared["index"].lookup(d["option"]) is None for d in gone)
-    # menus come from the Kconfig tree
-    assert compared["index"].lookup("NF_CONNTRACK").menu == (
-        "Networking support", "Networking options", "Network packet filtering framework (Netfilter)",
-        "Core Netfilter Configuration")
-    assert compared["index"].lookup("BTRFS_FS").menu == ("File systems",)
-    assert compared["index"].lookup("VIRTIO_BLK").menu == ("Device Drivers", "Block devices")
+    assert all(tree.symbol(d["option"]) is None and not tree.elsewhere(d["option"]) for d in gone)
+    # menus come from the Kconfig menu tree
+    menus = {name: tree.menu(sym) for name in ("NF_CONNTRACK", "BTRFS_FS", "VIRTIO_BLK")
+             if (sym := tree.symbol(name)) is not None}
+    assert menus == {
+        "NF_CONNTRACK": ("Networking support", "Networking options", "Network packet filtering framework (Netfilter)",
+                         "Core Netfilter Configuration"),
+        "BTRFS_FS": ("File systems",),
+        "VIRTIO_BLK": ("Device Drivers", "Block devices")}
     assert "== Device Drivers > Network device support" in compared["stdout"]
+    # the netfilter options Debian enables inherit the omission of NETFILTER, through the menu's depends on
+    nf = by.get("CONFIG_NF_CONNTRACK")
+    om = con.omission("NETFILTER", "amd64")
+    if nf is not None and nf["direction"] == "reference-enables" and om is not None and \
+            con.omission("NF_CONNTRACK", "amd64") is None and "CONFIG_NF_CONNTRACK" not in compared["requests"]:
+        assert nf["omission"] == om.name and nf["via"][-1]["option"] == "CONFIG_NETFILTER", nf
