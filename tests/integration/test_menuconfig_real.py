@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harness.kernel import source
 from harness.layout import CONFIGS, REPO
 
 pytestmark = pytest.mark.integration
@@ -21,14 +22,15 @@ def _snapshot() -> dict[str, bytes]:
 
 def test_menuconfig_opens_on_the_committed_config_and_saves_into_the_fragments(tmp_path):
     before = _snapshot()
-    committed = (CONFIGS / "linux-config-aarch64-6.12.117").read_text()
+    version = source.Pin.load().version
+    committed = (CONFIGS / f"linux-config-aarch64-{version}").read_text()
     assert "CONFIG_TUN=y" in committed  # the option the test switches off
     env = dict(os.environ, TERM="xterm", LANG="C.UTF-8")
     child = pexpect.spawn(sys.executable, ["-m", "harness", "menuconfig", "arm64", "--dry-run"], cwd=REPO, env=env,
                           dimensions=(40, 120), encoding="utf-8", codec_errors="replace", timeout=300)
     child.logfile_read = open(tmp_path / "menuconfig.log", "w")  # noqa: SIM115 (closed with the child)
     try:
-        child.expect("Linux/arm64 6.12.117 Kernel Configuration")
+        child.expect(f"Linux/arm64 {version} Kernel Configuration")
         child.send("/")
         child.expect("Search Configuration Parameter")
         child.send("TUN\r")
