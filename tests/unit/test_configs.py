@@ -227,3 +227,25 @@ def test_upgrade_refuses_a_version_not_newer_than_the_pin(pinned, capsys, versio
     rc, out, err = run(capsys, "upgrade", version, "--sha256", "0" * 64)
     assert rc == 2 and f"error: [upgrade] {version} is not newer than the pinned 6.12.117 (--allow-downgrade" in err
     assert (pinned.configs / "kernel.toml").read_text() == before
+
+
+def test_upgrade_interactive_records_the_answers_in_the_fragments(pinned, mirror, capsys, cross_gcc, monkeypatch):
+    assert run(capsys, "update-configs")[0] == 0
+    new = pinned.pack("6.12.118", files={"fake-newconfig": "CONFIG_VIRTIO_MENU=n\n"})
+    mirror.publish(new)
+
+    def answer(argv, *, step, cwd=None):  # the maintainer answers `make oldconfig`: VIRTIO_MENU=y
+        assert argv[-1] == "oldconfig" and step == "upgrade"
+        scratch = Path(next(a for a in argv if str(a).startswith("O="))[2:])
+        with open(scratch / ".config", "a") as fh:
+            fh.write("CONFIG_VIRTIO_MENU=y\n")
+        return 0
+
+    monkeypatch.setattr(configs.proc, "interactive", answer)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256, "--interactive")
+    assert rc == 0, err
+    for arch in ("amd64", "arm64"):
+        frag = (pinned.configs / "fragments" / "arch" / f"{arch}.config").read_text().splitlines()
+        assert frag[-1] == "CONFIG_VIRTIO_MENU=y"
+        committed = (pinned.configs / f"linux-config-{'aarch64' if arch == 'arm64' else arch}-6.12.118").read_text()
+        assert "CONFIG_VIRTIO_MENU=y\n" in committed
