@@ -46,7 +46,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,20 +106,6 @@ class _Kconf(explain.Kconf):
         super()._propagate_deps(node, visible_if)
 
 
-@contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def load_tree(tree: Path, arch: Arch | str) -> KconfigTree:
     """Parse ``tree``/Kconfig for ``arch`` as :func:`harness.kernel.explain.load` does (the kernel's
     environment, $(shell,...) probes from a scratch directory), keeping the block structure."""
@@ -127,11 +113,8 @@ def load_tree(tree: Path, arch: Arch | str) -> KconfigTree:
     tree = Path(tree)
     if not (tree / "Kconfig").is_file():
         raise InvalidArgument(f"{tree} is not a kernel tree (no top-level Kconfig)", step=STEP)
-    root = tree.resolve()
     try:
-        with (_environment(explain.kconfig_env(root, a)), tempfile.TemporaryDirectory(prefix="compare-config-") as tmp,
-              contextlib.chdir(tmp)):
-            kconf = _Kconf(str(root / "Kconfig"), a.name)
+        kconf = explain.load(tree, a, cls=_Kconf)
     except kconfiglib.KconfigError as exc:
         raise InvalidArgument(f"cannot parse the Kconfig of {tree} for {a.name}: {exc}", step=STEP) from None
     LOG.info("[%s] %s: %d Kconfig symbols for %s", STEP, tree, len(kconf.unique_defined_syms), a.name)

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, overload
 
 import kconfiglib
 from kconfiglib import Choice, Symbol
@@ -128,8 +128,17 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def load(tree: Path, arch: str | Arch, *, env: Mapping[str, str] | None = None) -> Kconf:
-    """Parse ``tree``/Kconfig for ``arch`` ("amd64" or "arm64") with the kernel's environment.
+_K = TypeVar("_K", bound="Kconf")
+
+
+@overload
+def load(tree: Path, arch: str | Arch, *, env: Mapping[str, str] | None = None) -> Kconf: ...
+@overload
+def load(tree: Path, arch: str | Arch, *, env: Mapping[str, str] | None = None, cls: type[_K]) -> _K: ...
+def load(tree: Path, arch: str | Arch, *, env: Mapping[str, str] | None = None,
+         cls: type[Kconf] | None = None) -> Kconf:
+    """Parse ``tree``/Kconfig for ``arch`` ("amd64" or "arm64") with the kernel's environment, as
+    ``cls`` (a :class:`Kconf` subclass; default Kconf).
 
     The $(shell,...) macros run while parsing (compiler probes), from a scratch directory; the
     environment is set for the parse and restored afterwards. No config is loaded: use
@@ -138,7 +147,7 @@ def load(tree: Path, arch: str | Arch, *, env: Mapping[str, str] | None = None) 
     tree = tree.resolve()
     full = {**kconfig_env(tree, a), **(env or {})}
     with _environment(full), tempfile.TemporaryDirectory(prefix="kexplain-") as tmp, contextlib.chdir(tmp):
-        return Kconf(str(tree / "Kconfig"), a.name)
+        return (cls or Kconf)(str(tree / "Kconfig"), a.name)
 
 
 def olddefconfig(kconf: kconfiglib.Kconfig, src: Path, dst: Path,
