@@ -1,0 +1,151 @@
+"""The compute test: ``python -m harness.compute.run ARCH [--out OUT]``.
+
+Builds (or finds in the cache) the Debian root image, makes the runner's disks, boots the kernel in
+OUT the way the NeonVM runner boots a compute, runs the checks, powers the VM down with QMP
+``system_powerdown``, boots again from the same disks and checks that nothing was lost. Results:
+``OUT/compute/results.{json,xml}``; logs under ``OUT/compute/logs``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from harness import manifest, report
+from harness.arch import ARCHES, Arch
+from harness.boot.vm import Accel, Vm, VmSpec, detect_accel
+from harness.check import Skip, run_check, skipped
+from harness.compute import checks, image, runner
+from harness.errors import HarnessError, KernelError
+from harness.layout import default_out_dir
+from harness.progress import timed
+from harness.report import CheckResult
+
+LOG = logging.getLogger(__name__)
+SHAPE = runner.Shape(cpus_min=1, cpus_max=2, mem_slot_mib=512, mem_slots_min=2, mem_slots_max=4, cpu_mode="sysfs")
+
+
+class ComputeVm(Vm):
+    """:class:`Vm`'s lifecycle (console and QMP sockets, teardown) with the compute VM's argv.
+
+    vm.py builds one argv shape (initramfs, its own drives); the compute VM has the runner's disks
+    and a root filesystem, so this overrides :meth:`Vm.argv`. ``spec.initrd`` is only checked for
+    existence by :meth:`Vm.launch`; it names the root image here and is not passed to QEMU."""
+
+    def __init__(self, spec: VmSpec, *, log_dir: Path, tag: str, shape: runner.Shape, disks: runner.Disks,
+                 host_port: int) -> None:
+        super().__init__(spec, log_dir, tag)
+        self.shape, self.disks, self.host_port = shape, disks, host_port
+
+    def argv(self, rundir: Path | str) -> list[str]:
+        rundir = Path(rundir)
+        return runner.qemu_argv(self.spec.arch, self.shape, kernel=self.spec.kernel, disks=self.disks,
+                                accel=self.spec.accel.name, console_sock=rundir / "console.sock",
+                                qmp_sock=rundir / "qmp.sock", log_port=self.log_port_log,
+                                early_log=self.early_log, host_port=self.host_port, name=self.spec.name)
+
+
+def _boot(arch: Arch, acc: Accel, *, kernel: Path, root: Path, disks: runner.Disks, log_dir: Path,
+          tag: str) -> ComputeVm:
+    spec = VmSpec(arch=arch, kernel=kernel, initrd=root, accel=acc, name=f"neonvm-compute-{tag}")
+    return ComputeVm(spec, log_dir=log_dir, tag=tag, shape=SHAPE, disks=disks, host_port=runner.free_port())
+
+
+def compute_test(arch: Arch, out_dir: Path, *, accel: str = "auto", stream: TextIO | None = None) -> bool:
+    """Run the compute test on the kernel in ``out_dir``; write OUT/compute/results.{json,xml}."""
+    out = stream or sys.stdout
+    res_dir = out_dir / "compute"
+    logs = res_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: list[CheckResult] = []
+    durations: dict[str, float] = {}
+    meta: dict[str, Any] = {"arch": arch.name, "out": str(out_dir), "shape": dict(vars(SHAPE))}
+    names = ["image", "postgres-ready", "swap-active", "quota-edquot", "powerdown", "durable-after-powerdown"]
+    try:
+        built = manifest.read(out_dir, arch, step="compute-test")
+        meta["kernelrelease"] = built.kernelrelease
+        acc = detect_accel(arch, accel)
+        meta["accelerator"], meta["accelerator_reason"] = acc.name, acc.reason
+        img: list[image.RootImage] = []
+
+        def build(ev: dict[str, Any]) -> None:
+            checks.require_host("compute-image")
+            with timed(durations, "image"):
+                img.append(image.ensure(arch, log_dir=logs, stream=out))
+            ev.update(path=str(img[0].path), key=img[0].key, cached=img[0].cached,
+                      seconds=img[0].build_seconds, cold_build_seconds=img[0].meta.get("cold_build_seconds"))
+        results.append(run_check("image", build))
+        if not img:
+            results += [skipped(n, "no root image (see check image)") for n in names[1:]]
+            raise _Done
+        with timed(durations, "disks"):
+            disks = runner.make_disks(res_dir / "disks", img[0].path, tools=out_dir / "tools.img",
+                                      log=logs / "disks.log")
+        token = ""
+        vm = _boot(arch, acc, kernel=out_dir / "vmlinuz", root=img[0].path, disks=disks, log_dir=logs,
+                   tag="boot1")
+        with vm:
+            meta["kernel_cmdline"] = runner.kernel_cmdline(arch, SHAPE)
+            c = checks.Compute(vm=vm, host_port=vm.host_port, log=logs / "host.log")
+            ready = run_check("postgres-ready", checks.postgres_ready(c))
+            results.append(ready)
+            if ready.status != "pass":
+                results += [skipped(n, "Postgres never became ready") for n in names[2:]]
+                raise _Done
+            results.append(run_check("swap-active", checks.swap_active(c)))
+            results.append(run_check("quota-edquot", checks.quota_holds(c)))
+            down = run_check("powerdown", checks.powerdown(c))
+            results.append(down)
+            token = c.token if down.status == "pass" else ""
+        if not token:
+            results.append(skipped("durable-after-powerdown", "the power-down did not pass"))
+            raise _Done
+        vm2 = _boot(arch, acc, kernel=out_dir / "vmlinuz", root=img[0].path, disks=disks, log_dir=logs,
+                    tag="boot2")
+        with vm2:
+            c2 = checks.Compute(vm=vm2, host_port=vm2.host_port, log=logs / "host.log")
+            results.append(run_check("durable-after-powerdown", checks.durable(c2, token)))
+    except _Done:
+        pass
+    except HarnessError as exc:
+        status = "fail" if isinstance(exc, KernelError) else "error"
+        results.append(CheckResult("compute-test", status, str(exc)))
+    meta["durations"] = durations
+    meta["wall_seconds"] = round(time.monotonic() - started, 2)
+    report.write(results, suite=f"compute-test-{arch.name}", json_path=res_dir / "results.json",
+                 junit_path=res_dir / "results.xml", meta=meta)
+    print(f"compute test ({arch.name}, {meta.get('accelerator', '?')}) in {meta['wall_seconds']:.1f}s", file=out)
+    report.print_table(results, stream=out)
+    print(f"results: {res_dir / 'results.json'}; logs: {logs}", file=out)
+    return all(r.ok for r in results)
+
+
+class _Done(Exception):
+    """Nothing more can run; the results so far are written."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.compute.run", description=__doc__.splitlines()[0])
+    ap.add_argument("arch", choices=sorted(ARCHES))
+    ap.add_argument("--out", type=Path, help="the build's OUT directory (default out/ARCH)")
+    ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    arch = ARCHES[args.arch]
+    if arch.name != "amd64":
+        print(f"error: compute-test: {arch.name} is not supported yet (first slice: amd64)", file=sys.stderr)
+        return 2
+    try:
+        ok = compute_test(arch, args.out or default_out_dir(arch.name, "production"), accel=args.accel)
+    except (HarnessError, Skip) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
