@@ -115,6 +115,21 @@ def release(session: nox.Session) -> None:
     _harness(session, "release", *session.posargs)
 
 
+@nox.session(name="publish")
+def publish(session: nox.Session) -> None:
+    """Push the release's OCI index and images: -- REGISTRY/REPO[:TAG] (credentials: NEONVM_REGISTRY_USER/_PASSWORD)."""
+    if not session.posargs:
+        session.error("usage: nox -s publish -- REGISTRY/REPOSITORY[:TAG] [--layout DIR]")
+    _harness(session, "publish", *session.posargs)
+
+
+@nox.session(name="reproduce")
+def reproduce(session: nox.Session) -> None:
+    """Build one arch twice in fresh build dirs (ccache off), compare every artifact byte for byte: -- ARCH."""
+    arch, rest = _arch_arg(session, "[--variant V] [-j N] [--keep]")
+    _harness(session, "reproduce", arch, *rest)
+
+
 @nox.session(name="compare-config")
 def compare_config(session: nox.Session) -> None:
     """Compare the production config with a reference config, every difference explained: -- ARCH REFERENCE."""
@@ -122,6 +137,41 @@ def compare_config(session: nox.Session) -> None:
         session.error("usage: nox -s compare-config -- {amd64|arm64} REFERENCE_CONFIG [--json PATH] "
                       "[--allow-unexplained] [--contract PATH] [--tree PATH]")
     _harness(session, "compare-config", *session.posargs)
+
+
+@nox.session(name="set-config")
+def set_config(session: nox.Session) -> None:
+    """Set options in the production config through the fragments: -- ARCH|all CONFIG_X=V ... [--dry-run]."""
+    if len(session.posargs) < 2 or session.posargs[0] not in (*ARCHES, "all"):
+        session.error("usage: nox -s set-config -- {amd64|arm64|all} CONFIG_X=VALUE ... [--dry-run]")
+    _harness(session, "set-config", *session.posargs)
+
+
+@nox.session(name="menuconfig")
+def menuconfig(session: nox.Session) -> None:
+    """make menuconfig on the committed production config; saved changes go into the fragments."""
+    arch, rest = _arch_arg(session, "[--dry-run]")
+    _harness(session, "menuconfig", arch, *rest)
+
+
+@nox.session(name="nconfig")
+def nconfig(session: nox.Session) -> None:
+    """make nconfig on the committed production config; saved changes go into the fragments."""
+    arch, rest = _arch_arg(session, "[--dry-run]")
+    _harness(session, "nconfig", arch, *rest)
+
+
+@nox.session(name="compute-test")
+def compute_test(session: nox.Session) -> None:
+    """Boot a Debian guest with Postgres on the built kernel as NeonVM runs one: -- ARCH [--out OUT]."""
+    arch, rest = _arch_arg(session, "[--out OUT] [--accel auto|kvm|tcg]")
+    _harness(session, "compute-test", arch, *rest)
+
+
+@nox.session(name="config-drift")
+def config_drift(session: nox.Session) -> None:
+    """Options the amd64 and arm64 production configs set differently, each requested or unexplained."""
+    _harness(session, "config-drift", *session.posargs)
 
 
 @nox.session(name="bench-build")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.arch import ARCHES, Arch, get_arch
 from harness.errors import HarnessError
-from harness.layout import default_out_dir
+from harness.layout import default_out_dir, out_root
 
 LOG = logging.getLogger("harness")
 
@@ -55,7 +55,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from harness.kernel import configs
 
-    return configs.upgrade(args.version, debian_version=args.debian_version, sha256=args.sha256)
+    return configs.upgrade(args.version, debian_version=args.debian_version, sha256=args.sha256,
+                           allow_downgrade=args.allow_downgrade, dry_run=args.dry_run, interactive=args.interactive)
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -95,6 +96,36 @@ def cmd_release(args: argparse.Namespace) -> int:
                        jobs=args.jobs)
 
 
+def cmd_oci(args: argparse.Namespace) -> int:
+    from harness import oci
+
+    arches = [get_arch(a) for a in args.arch or ARCHES]
+    dest = Path(args.dest) if args.dest else out_root() / "oci" / args.variant
+    layout = oci.write_layout([(a, default_out_dir(a.name, args.variant)) for a in arches], dest,
+                              log=dest.parent / f"{dest.name}.log")
+    oci.inspect(layout, log=dest.parent / f"{dest.name}.log")
+    print(f"OCI layout -> {dest}: {layout.tag} ({', '.join(layout.images)}) index {layout.index.digest}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from harness import oci, release
+
+    layout = Path(args.layout) if args.layout else out_root() / "release" / "oci"
+    if not args.unverified:
+        release.require_passed(layout.parent)
+    log = (layout.parent / "logs" / "publish.log") if not args.layout else layout.parent / "publish.log"
+    digest = oci.publish(layout, args.reference, log=log)
+    print(f"published {args.reference} -> index {digest}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness import reproduce
+
+    return reproduce.run(get_arch(args.arch), variant=args.variant, jobs=args.jobs, keep=args.keep)
+
+
 def cmd_compare_config(args: argparse.Namespace) -> int:
     from harness.kernel import compareconfig
 
@@ -102,6 +133,36 @@ def cmd_compare_config(args: argparse.Namespace) -> int:
                              allow_unexplained=args.allow_unexplained,
                              json_path=Path(args.json) if args.json else None,
                              contract_path=Path(args.contract) if args.contract else None)
+
+
+def cmd_set_config(args: argparse.Namespace) -> int:
+    from harness.kernel import configs
+
+    if args.arch != "all":
+        get_arch(args.arch)
+    return configs.set_config(args.arch, args.options, dry_run=args.dry_run)
+
+
+def cmd_menuconfig(args: argparse.Namespace) -> int:
+    from harness.kernel import configs
+
+    return configs.menuconfig(args.arch, tool=args.tool, dry_run=args.dry_run)
+
+
+def cmd_compute_test(args: argparse.Namespace) -> int:
+    from harness.compute import run as compute
+
+    arch = get_arch(args.arch)
+    if arch.name != "amd64":
+        print(f"error: [compute-test] {arch.name} is not supported yet (amd64 only so far)", file=sys.stderr)
+        return 2
+    return 0 if compute.compute_test(arch, _arch_out(args, arch), accel=args.accel) else 1
+
+
+def cmd_config_drift(args: argparse.Namespace) -> int:
+    from harness.kernel import configs
+
+    return configs.drift(json_path=Path(args.json) if args.json else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,6 +197,11 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("version")
     u.add_argument("--debian-version", help="the linux-source package version that ships it")
     u.add_argument("--sha256", help="sha256 of the kernel.org tarball of that version")
+    u.add_argument("--dry-run", action="store_true",
+                   help="report patches, new symbols, config diffs and file changes; write nothing")
+    u.add_argument("--allow-downgrade", action="store_true", help="accept a version not newer than the pin")
+    u.add_argument("--interactive", action="store_true",
+                   help="answer the new version's Kconfig questions (make oldconfig); answers go into the fragments")
     u.set_defaults(func=cmd_upgrade)
 
     t = sub.add_parser("tools", help="build tools.img for a built kernel")
@@ -172,6 +238,29 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-j", "--jobs", type=int, default=jobs)
     r.set_defaults(func=cmd_release)
 
+    o = sub.add_parser("oci", help="write the OCI image layout (one image per arch + index) of built kernels "
+                       "(the release gate does this as its oci step)")
+    o.add_argument("arch", nargs="*")
+    o.add_argument("--variant", default="production")
+    o.add_argument("--dest", help="layout directory (default: out/oci/<variant>)")
+    o.set_defaults(func=cmd_oci)
+
+    pb = sub.add_parser("publish", help="push the release's OCI index and images to a registry (skopeo copy --all); "
+                        "credentials from NEONVM_REGISTRY_USER / NEONVM_REGISTRY_PASSWORD")
+    pb.add_argument("reference", help="REGISTRY/REPOSITORY[:TAG] (TAG defaults to the kernel release)")
+    pb.add_argument("--layout", help="OCI layout to push (default: out/release/oci, written by the release gate)")
+    pb.add_argument("--unverified", action="store_true",
+                    help="push a layout without the release gate's passing verdict (release.json) beside it")
+    pb.set_defaults(func=cmd_publish)
+
+    rp = sub.add_parser("reproduce", help="build one arch twice in fresh build directories (ccache off) and "
+                        "compare kernel, tools.img, release tar and OCI layout byte for byte")
+    rp.add_argument("arch")
+    rp.add_argument("--variant", default="production")
+    rp.add_argument("-j", "--jobs", type=int, default=jobs)
+    rp.add_argument("--keep", action="store_true", help="keep the two build directories")
+    rp.set_defaults(func=cmd_reproduce)
+
     cc = sub.add_parser("compare-config", help="compare the production config with a reference config, "
                         "each difference explained by the fragments, the contract or Kconfig")
     cc.add_argument("arch")
@@ -182,6 +271,33 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--allow-unexplained", action="store_true",
                     help="exit 0 even when options the reference enables are unexplained")
     cc.set_defaults(func=cmd_compare_config)
+
+    sc = sub.add_parser("set-config", help="set options in the production config: the change goes into the "
+                        "fragments, is re-resolved, audited (refused with its root cause if Kconfig cannot honour "
+                        "it) and shown as a diff")
+    sc.add_argument("arch", help="amd64, arm64, or all")
+    sc.add_argument("options", nargs="+", metavar="CONFIG_X=VALUE")
+    sc.add_argument("--dry-run", action="store_true", help="show the fragment lines and the diff, write nothing")
+    sc.set_defaults(func=cmd_set_config)
+
+    for tool in ("menuconfig", "nconfig"):
+        mc = sub.add_parser(tool, help=f"make {tool} on the committed production config; what you change and "
+                            "save goes into the fragments (through set-config)")
+        mc.add_argument("arch")
+        mc.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
+        mc.set_defaults(func=cmd_menuconfig, tool=tool)
+
+    ct = sub.add_parser("compute-test", help="boot a Debian guest with Postgres on the built kernel, with the "
+                        "VM runner's disks and devices, and check it as NeonVM operates it")
+    ct.add_argument("arch")
+    ct.add_argument("--out", help="the build's OUT directory (default out/ARCH, the production kernel)")
+    ct.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ct.set_defaults(func=cmd_compute_test)
+
+    cd = sub.add_parser("config-drift", help="options the amd64 and arm64 production configs set differently, "
+                        "each requested per arch by a fragment line or unexplained (exit 1)")
+    cd.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    cd.set_defaults(func=cmd_config_drift)
     return p
 
 

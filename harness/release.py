@@ -1,26 +1,38 @@
 """The release gate: build, verify and package every arch; machine-readable results; exit != 0 on
-any failure. A release directory is written only when everything passed."""
+any failure. A release directory is written only when everything passed.
+
+What a passed gate leaves in ``out/release/`` (docs/release.md): one reproducible tar per arch (the
+build's artifacts, written by :func:`harness.reproduce.write_tar`), ``SHA256SUMS``, the OCI image
+layout NeonVM consumes (``oci/``, :mod:`harness.oci`, written and read back by the ``oci`` step),
+each arch's verification results (``results/<arch>/``), and the gate's own results
+(``release.json``, ``release.xml``)."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import manifest, report
+from harness import manifest, oci, report
 from harness.arch import Arch
 from harness.check import Evidence, run_check, skipped
-from harness.errors import CheckFailed
-from harness.fsutil import atomic_output, atomic_write_text, sha256_file
+from harness.errors import CheckFailed, InvalidArgument
+from harness.fsutil import atomic_copy, atomic_write_text, sha256_file
 from harness.kernel import build, kconfig
 from harness.layout import default_out_dir, out_root
 from harness.report import CheckResult
+from harness.reproduce import TarEntry, source_date, stable_json, write_tar
 
 LOG = logging.getLogger(__name__)
-PACKAGED = ("vmlinuz", "System.map", "config", "manifest.json", "tools.img", "tools-manifest.json")
+PACKAGED = ("vmlinuz", "System.map", "config", "tools.img")
+# The records, without the fields that describe the run rather than its result (timings, the time of
+# day, this host's paths): what stays is the same for two builds of the same inputs.
+RECORDS = {"manifest.json": ("built_at", "durations", "build_dir", "tree"),
+           "tools-manifest.json": ("durations", "perf.objdir")}
+RESULTS = ("inspect", "boot")  # per-arch verification results, kept beside the tars (not reproducible)
 
 
 def _step(results: list[CheckResult], name: str, fn: Callable[[Evidence], None]) -> bool:
@@ -34,17 +46,37 @@ def _step(results: list[CheckResult], name: str, fn: Callable[[Evidence], None])
 
 
 def package(arch: Arch, out: Path, dest: Path) -> Path:
-    """out/<arch> -> dest/neonvm-kernel-<release>-<arch>.tar (written under a temporary name)."""
+    """out/<arch> -> dest/neonvm-kernel-<release>-<arch>.tar: the build's artifacts and records,
+    byte-reproducible (sorted, mtimes the source date, owners 0:0; written under a temporary name)."""
     built = manifest.read(out, arch, step="package")
     name = f"neonvm-kernel-{built.kernelrelease}-{arch.name}"
-    final = dest / f"{name}.tar"
-    with atomic_output(final) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for f in PACKAGED:
-            tar.add(out / f, arcname=f"{name}/{f}")
-        for sub in ("inspect", "boot"):
-            for result in sorted((out / sub).glob("results.*")):
-                tar.add(result, arcname=f"{name}/{sub}/{result.name}")
-    return final
+    entries = [TarEntry(f"{name}/{f}", path=out / f, mode=0o644) for f in PACKAGED]
+    for record, volatile in RECORDS.items():
+        data = json.loads((out / record).read_text())
+        entries.append(TarEntry(f"{name}/{record}", data=stable_json(data, volatile)))
+    return write_tar(dest / f"{name}.tar", entries, mtime=source_date(built, step="package"))
+
+
+def copy_results(arch: Arch, out: Path, dest: Path) -> None:
+    """The arch's inspection and boot results -> dest/results/<arch>/<inspect|boot>/."""
+    for sub in RESULTS:
+        for result in sorted((out / sub).glob("results.*")):
+            atomic_copy(result, dest / "results" / arch.name / sub / result.name)
+
+
+def require_passed(rel: Path) -> None:
+    """Refuse to publish what the gate did not pass: ``rel/release.json`` must exist and every gate
+    step in it must have passed (a skip is not a pass)."""
+    path = rel / "release.json"
+    try:
+        data = json.loads(path.read_text())
+        checks = [(str(c["name"]), str(c["status"])) for c in data["checks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InvalidArgument(f"no release verdict at {path}: run 'nox -s release' first", step="publish") from None
+    not_passed = [f"{n} ({s})" for n, s in checks if s != "pass"]
+    if not data.get("ok") or not checks or not_passed:
+        raise CheckFailed(f"the release gate did not pass ({', '.join(not_passed) or 'no steps'}): not publishing",
+                          step="publish", log=path)
 
 
 def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_count() or 1) -> int:
@@ -57,6 +89,10 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
     # A failed (or interrupted) gate must not leave an older release, or its verdict, looking current.
     for stale in [*rel.glob("neonvm-kernel-*.tar"), rel / "SHA256SUMS", rel / "release.json", rel / "release.xml"]:
         stale.unlink(missing_ok=True)
+    for stale_dir in (rel / "oci", rel / "results"):
+        shutil.rmtree(stale_dir, ignore_errors=True)
+    staging = out_root() / ".release-staging"
+    shutil.rmtree(staging, ignore_errors=True)
     results: list[CheckResult] = []
     outs = {a.name: default_out_dir(a.name, variant) for a in arches}
     built: list[Arch] = []
@@ -95,18 +131,32 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
             _step(results, f"boot-test-{arch.name}", functools.partial(do_boot, arch=arch))
         else:
             results.append(skipped(f"boot-test-{arch.name}", "no kernel or tools image"))
+    meta = {"variant": variant, "arches": ",".join(a.name for a in arches)}
+
+    def do_oci(ev: Evidence) -> None:
+        layout = oci.write_layout([(a, outs[a.name]) for a in arches], staging / "oci", log=rel / "logs" / "oci.log")
+        ev.update(layout.evidence())
+        oci.inspect(layout, log=rel / "logs" / "oci.log")
+        ev["read_back"] = "skopeo inspect: the index and every image, platform and labels as written"
+        meta["oci_index"] = f"{layout.tag}@{layout.index.digest}"
+
+    if all(r.status == "pass" for r in results):
+        _step(results, "oci", do_oci)
+    else:
+        results.append(skipped("oci", "an earlier gate step did not pass"))
     ok = all(r.status == "pass" for r in results)
     rel.mkdir(parents=True, exist_ok=True)
-    meta = {"variant": variant, "arches": ",".join(a.name for a in arches)}
     if ok:
-        staging = out_root() / ".release-staging"
-        shutil.rmtree(staging, ignore_errors=True)
         tars = [package(a, outs[a.name], staging) for a in arches]
         atomic_write_text(staging / "SHA256SUMS", "".join(f"{sha256_file(t)}  {t.name}\n" for t in tars))
+        for a in arches:
+            copy_results(a, outs[a.name], staging)
         for f in staging.iterdir():
             os.replace(f, rel / f.name)
         staging.rmdir()
         meta["packages"] = ",".join(t.name for t in tars)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
     report.write(results, suite="release", json_path=rel / "release.json", junit_path=rel / "release.xml",
                  meta=meta)
     report.print_table(results)

@@ -91,11 +91,28 @@ def compiler_vars(req: BuildRequest) -> list[str]:
     return []
 
 
-def make_env() -> dict[str, str]:
+def make_env(tree: Path | None = None) -> dict[str, str]:
+    """The environment of every make: what the kernel bakes in pinned (user, host, build number, and
+    the timestamp from the source date of ``tree``, the one the tools image and the release use:
+    ``$SOURCE_DATE_EPOCH``, else the mtime of the tree's Makefile), and ccache's remote storage when
+    ``NEONVM_CCACHE_REMOTE`` names one that answers (harness/ccache.py)."""
+    from harness import ccache
+    from harness.tools import kbuild
+
     env = dict(BUILD_ENV)
-    env["KBUILD_BUILD_TIMESTAMP"] = os.environ.get("KBUILD_BUILD_TIMESTAMP", "2024-01-01 00:00:00 UTC")
+    env["KBUILD_BUILD_VERSION"] = "1"  # not the build dir's .version counter: rebuilds stay byte-identical
+    stamp = os.environ.get("KBUILD_BUILD_TIMESTAMP")
+    if not stamp and tree is not None:
+        epoch = kbuild.source_date_epoch({}, tree)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    env["KBUILD_BUILD_TIMESTAMP"] = stamp or "2024-01-01 00:00:00 UTC"
+    # Host programs built with -g (objtool, which tools.img ships in its module-build tree) must not
+    # carry the build directory's path: make expands $(abs_objtree) to it, and the map drops it.
+    env["HOSTCFLAGS"] = " ".join(filter(None, (os.environ.get("HOSTCFLAGS", ""),
+                                               "-ffile-prefix-map=$(abs_objtree)/=")))
     env["CCACHE_BASEDIR"] = str(cache_root())
     env["CCACHE_NOHASHDIR"] = "1"
+    env.update(ccache.remote_env())
     return env
 
 
@@ -153,7 +170,7 @@ def build(req: BuildRequest) -> dict[str, Any]:
             resolved = kconfig.resolve(src_tree, req.arch, req.variant, log=logs / "config.log")
             label = f"{req.arch.name}/{req.variant.name}"
             kconfig.check(requests, resolved, src_tree, log=logs / "config.log", label=label,
-                          srcarch=req.arch.srcarch)
+                          arch=req.arch)
             if req.variant.committed:
                 check_committed(src_tree, req, src.version, resolved, logs / "config.log")
             req.build_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +185,7 @@ def build(req: BuildRequest) -> dict[str, Any]:
         with timed(durations, "make"):
             try:
                 proc.run(build_argv(req, req.arch.image_target, "modules"), step="make", log=build_log,
-                         cwd=src_tree, env=make_env(), on_line=progress, timeout=4 * 3600)
+                         cwd=src_tree, env=make_env(src_tree), on_line=progress, timeout=4 * 3600)
             except CommandTimeout:
                 raise
             except CommandFailed as exc:
@@ -179,7 +196,7 @@ def build(req: BuildRequest) -> dict[str, Any]:
                 counter.write_text(str(progress.bar.count))
         # the final config after the build must still pass the audit (syncconfig may rewrite it)
         kconfig.check(requests, req.build_dir / ".config", src_tree, log=logs / "config.log",
-                      label=f"{label} (after build)", srcarch=req.arch.srcarch)
+                      label=f"{label} (after build)", arch=req.arch)
         release = proc.capture(["make", "-s", f"O={req.build_dir}", *make_vars(req), "kernelrelease"],
                                step="kernelrelease", cwd=src_tree, log=build_log).strip()
         if not release.startswith(src.version):

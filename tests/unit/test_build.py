@@ -70,10 +70,17 @@ def test_build_argv(world, monkeypatch):
     assert build.compiler_vars(world.request(use_ccache=True)) == []
 
 
-def test_make_env_is_reproducible(world):
+def test_make_env_is_reproducible(world, tmp_path, monkeypatch):
+    monkeypatch.delenv("KBUILD_BUILD_TIMESTAMP", raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     env = build.make_env()
     assert env["KBUILD_BUILD_USER"] == "neonvm" and env["KBUILD_BUILD_HOST"] == "neonvm-harness"
-    assert env["KBUILD_BUILD_TIMESTAMP"] and env["CCACHE_BASEDIR"] == str(world.cache)
+    assert env["KBUILD_BUILD_TIMESTAMP"] == "2024-01-01 00:00:00 UTC" and env["CCACHE_BASEDIR"] == str(world.cache)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "Makefile").write_text("VERSION = 6\n")
+    os.utime(tree / "Makefile", (1_700_000_000, 1_700_000_000))
+    assert build.make_env(tree)["KBUILD_BUILD_TIMESTAMP"] == "2023-11-14 22:13:20 UTC"  # the source date
 
 
 def test_progress_counts_kbuild_lines(monkeypatch):
@@ -131,8 +138,9 @@ def test_successful_build_writes_a_complete_manifest(world, fake_tarball):
     resolved = kconfig.parse_config_text((out / "config").read_text())
     assert kconfig.audit(req.variant.requests(AMD64), resolved) == []
     image = (out / "vmlinuz").read_bytes()
+    # the timestamp is the source date: the fake tarball's Makefile mtime (normalised to the epoch)
     assert image.startswith(b"HdrS") and (b"Linux version 6.12.117-neonvm-test (neonvm@neonvm-harness) #1 "
-                                          b"2024-01-01 00:00:00 UTC") in image
+                                          b"1970-01-01 00:00:00 UTC") in image
     assert sorted(p.name for p in out.iterdir()) == [".lock", "System.map", "config", "logs", "manifest.json",
                                                      "vmlinuz"]  # nothing temporary left
     assert {"unpack.log", "config.log", "build.log"} <= {p.name for p in (out / "logs").iterdir()}
