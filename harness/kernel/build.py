@@ -82,7 +82,7 @@ def toolchain(arch: Arch) -> dict[str, str]:
 
 def make_vars(req: BuildRequest) -> list[str]:
     """make variables shared by every make in this build dir (so kernelrelease never changes)."""
-    return [*req.arch.make_vars(), f"EXTRAVERSION={req.suffix}"]
+    return [*req.arch.make_vars(), *kconfig.host_probe_vars(), f"EXTRAVERSION={req.suffix}"]
 
 
 def compiler_vars(req: BuildRequest) -> list[str]:

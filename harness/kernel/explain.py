@@ -33,6 +33,7 @@ import kconfiglib
 from kconfiglib import Choice, Symbol
 
 from harness.arch import Arch, get_arch
+from harness.kernel.kconfig import HOST_PROBES_OFF
 
 if TYPE_CHECKING:
     from kconfiglib import Expr  # Symbol | Choice | (op, Expr[, Expr]): only in stubs/kconfiglib.pyi
@@ -106,10 +107,10 @@ def kconfig_env(tree: Path, arch: str | Arch) -> dict[str, str]:
         "HOSTCC": "gcc",
         "HOSTCXX": "g++",
         "CC_VERSION_TEXT": _first_line([f"{cross}gcc", "--version"]),
-        "RUSTC": "rustc",
-        "RUSTC_VERSION_TEXT": _first_line(["rustc", "--version"]),
-        "BINDGEN": "bindgen",
-        "PAHOLE": "pahole",
+        "RUSTC": HOST_PROBES_OFF["RUSTC"],  # as every make of the harness (harness.kernel.kconfig)
+        "RUSTC_VERSION_TEXT": "",
+        "BINDGEN": HOST_PROBES_OFF["BINDGEN"],
+        "PAHOLE": HOST_PROBES_OFF["PAHOLE"],
         "PYTHON3": "python3",
     }
 

@@ -245,6 +245,7 @@ def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: P
 def resolution_key(tree: Path, arch: Arch, variant: Variant) -> str:
     h = hashlib.sha256()
     h.update(f"{tree.name}\0{arch.name}\0{' '.join(variant.base_targets(arch))}\n".encode())
+    h.update(" ".join(host_probe_vars()).encode())  # what Kconfig's $(shell,...) probes may find
     # Kconfig records the compiler's version and features: a new compiler means a new resolution.
     h.update(proc.capture([arch.cross_gcc, "--version"], step=STEP).encode())
     for p in variant.fragment_paths(arch):
@@ -252,8 +253,23 @@ def resolution_key(tree: Path, arch: Arch, variant: Variant) -> str:
     return h.hexdigest()[:20]
 
 
+#: Host tools whose mere presence Kconfig records in the config (rustup's rustc: RUSTC_VERSION and
+#: friends; dwarves' pahole: PAHOLE_VERSION). The kernel is built without Rust and without BTF, so every
+#: make (resolution and build) points them at nothing: a committed config then resolves the same on a
+#: fresh Debian 12 host as on one with a Rust toolchain on PATH.
+HOST_PROBES_OFF: dict[str, str] = {
+    "RUSTC": "/nonexistent/rustc",
+    "BINDGEN": "/nonexistent/bindgen",
+    "PAHOLE": "/nonexistent/pahole",
+}
+
+
+def host_probe_vars() -> list[str]:
+    return [f"{k}={v}" for k, v in HOST_PROBES_OFF.items()]
+
+
 def make_argv(arch: Arch, objdir: Path, *targets: str, extra: list[str] | None = None) -> list[str]:
-    return ["make", f"O={objdir}", *arch.make_vars(), *(extra or []), *targets]
+    return ["make", f"O={objdir}", *arch.make_vars(), *host_probe_vars(), *(extra or []), *targets]
 
 
 def resolve(tree: Path, arch: Arch, variant: Variant, *, log: Path) -> Path:

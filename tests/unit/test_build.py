@@ -19,6 +19,10 @@ AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 HOST_TOOLS = ("make", "flex", "bison", "bc", "tar", "patch", "xz", "sh", "gcc", "ld")
 
 
+# what every make of the harness passes so that host tools do not leak into the config
+PROBES = ["RUSTC=/nonexistent/rustc", "BINDGEN=/nonexistent/bindgen", "PAHOLE=/nonexistent/pahole"]
+
+
 def _manifest(out):
     return json.loads((out / "manifest.json").read_text())
 
@@ -59,12 +63,12 @@ def test_request_defaults(world):
 def test_build_argv(world, monkeypatch):
     req = world.request("arm64", jobs=3)
     assert build.build_argv(req, "Image", "modules") == [
-        "make", f"O={req.build_dir}", "-j3", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-",
+        "make", f"O={req.build_dir}", "-j3", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", *PROBES,
         "EXTRAVERSION=-neonvm-test", "Image", "modules"]
     monkeypatch.setattr(build.shutil, "which", lambda name: f"/usr/bin/{name}")
     req = world.request("amd64", use_ccache=True, suffix="-x")
     assert build.build_argv(req, "bzImage") == [
-        "make", f"O={req.build_dir}", "-j2", "ARCH=x86_64", "EXTRAVERSION=-x", "CC=ccache gcc",
+        "make", f"O={req.build_dir}", "-j2", "ARCH=x86_64", *PROBES, "EXTRAVERSION=-x", "CC=ccache gcc",
         "HOSTCC=ccache gcc", "bzImage"]
     monkeypatch.setattr(build.shutil, "which", lambda name: None)
     assert build.compiler_vars(world.request(use_ccache=True)) == []
@@ -121,7 +125,7 @@ def test_successful_build_writes_a_complete_manifest(world, fake_tarball):
     assert (world.trees / manifest["tree"]).joinpath("kernel/neonvm.c").is_file()
     assert manifest["fragments"] == ["configs/fragments/base.config", "configs/fragments/virtio.config",
                                      "configs/fragments/arch/amd64.config"]
-    assert manifest["make_vars"] == ["ARCH=x86_64", "EXTRAVERSION=-neonvm-test"]
+    assert manifest["make_vars"] == ["ARCH=x86_64", *PROBES, "EXTRAVERSION=-neonvm-test"]
     assert set(manifest["toolchain"]) == {"cc", "ld", "make", "ccache"}
     assert manifest["toolchain"]["cc"].startswith("gcc") and manifest["toolchain"]["make"].startswith("GNU Make")
     assert set(manifest["durations"]) == {"source", "unpack+patch", "config", "make", "collect"}
@@ -151,7 +155,8 @@ def test_arm64_cross_build(world, fake_tarball, cross_gcc):
     manifest = build.build(world.request("arm64", tarball=fake_tarball, suffix="-custom"))
     out = world.out / "arm64"
     assert manifest["kernelrelease"] == "6.12.117-custom"
-    assert manifest["make_vars"] == ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "EXTRAVERSION=-custom"]
+    assert manifest["make_vars"] == ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", *PROBES,
+                                     "EXTRAVERSION=-custom"]
     assert manifest["toolchain"]["cc"] == "aarch64-linux-gnu-gcc (fakelinux) 12.2.0"
     assert manifest["toolchain"]["ld"] == "aarch64-linux-gnu-ld (fakelinux) 12.2.0"
     assert (out / "vmlinuz").read_bytes().startswith(b"ARMd")

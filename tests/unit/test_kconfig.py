@@ -16,6 +16,10 @@ from harness.layout import CONFIGS
 AMD64, ARM64 = get_arch("amd64"), get_arch("arm64")
 
 
+# what every make of the harness passes so that host tools do not leak into the config
+PROBES = ["RUSTC=/nonexistent/rustc", "BINDGEN=/nonexistent/bindgen", "PAHOLE=/nonexistent/pahole"]
+
+
 def _frag(tmp_path, text, name="frag.config"):
     p = tmp_path / name
     p.write_text(textwrap.dedent(text))
@@ -159,9 +163,9 @@ def test_check_passes_when_everything_is_there(world, tmp_path):
 # -- resolution with the fake tree -------------------------------------------------------------------
 def test_make_argv():
     assert kconfig.make_argv(ARM64, "/o", "tinyconfig") == [
-        "make", "O=/o", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "tinyconfig"]
+        "make", "O=/o", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", *PROBES, "tinyconfig"]
     assert kconfig.make_argv(AMD64, "/o", "olddefconfig", extra=["V=1"]) == [
-        "make", "O=/o", "ARCH=x86_64", "V=1", "olddefconfig"]
+        "make", "O=/o", "ARCH=x86_64", *PROBES, "V=1", "olddefconfig"]
 
 
 def test_resolve_merges_fragments_over_the_base(world, tmp_path):
