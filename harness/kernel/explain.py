@@ -21,8 +21,6 @@ import contextlib
 import functools
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +30,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, overload
 import kconfiglib
 from kconfiglib import Choice, Symbol
 
+from harness import proc
 from harness.arch import Arch, get_arch
+from harness.errors import HarnessError
 from harness.kernel.kconfig import HOST_PROBES_OFF
 
 if TYPE_CHECKING:
@@ -69,10 +69,11 @@ class Kconf(kconfiglib.Kconfig):
 
 
 def _first_line(cmd: list[str]) -> str:
-    if shutil.which(cmd[0]) is None:
+    """The first line of a version query, as the top Makefile takes CC_VERSION_TEXT ('' when absent)."""
+    try:
+        lines = proc.capture(cmd, step="kconfig", env={"LC_ALL": "C"}).splitlines()
+    except HarnessError:  # not installed, or failing: Kconfig then sees no compiler version either
         return ""
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}, check=False)
-    lines = out.stdout.splitlines()
     return lines[0].replace("#", "") if lines else ""
 
 
