@@ -27,22 +27,30 @@ class FakeServer:
 
     def __init__(self, reply: bytes):
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.reply = reply
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except OSError:
-                return
+            except TimeoutError:
+                continue
             with conn:
+                conn.settimeout(1)
                 conn.recv(64)
                 conn.sendall(self.reply)
 
     def close(self) -> None:
+        # The thread leaves accept() within its timeout; only then is the listening socket closed, so
+        # the port is really released (closing it under a blocked accept() keeps it listening, and a
+        # later test's server bound to port 0 could be handed the same port).
+        self.stop.set()
+        self.thread.join(timeout=5)
         self.sock.close()
 
 
