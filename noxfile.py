@@ -163,8 +163,9 @@ def nconfig(session: nox.Session) -> None:
 
 @nox.session(name="compute-test")
 def compute_test(session: nox.Session) -> None:
-    """Boot a Debian guest with Postgres on the built kernel as NeonVM runs one: -- ARCH [--out OUT]."""
-    arch, rest = _arch_arg(session, "[--out OUT] [--accel auto|kvm|tcg]")
+    """Boot a Debian guest with Postgres on the built kernel as NeonVM runs one: -- ARCH [--out OUT]
+    [--kernel ours|debian-cloud|both]."""
+    arch, rest = _arch_arg(session, "[--out OUT] [--accel auto|kvm|tcg] [--kernel ours|debian-cloud|both]")
     _harness(session, "compute-test", arch, *rest)
 
 
@@ -190,6 +191,12 @@ def bench_tools(session: nox.Session) -> None:
 def bench_memory(session: nox.Session) -> None:
     """Benchmark 1 GiB virtio-mem grow/shrink under load against the idle guest: -- [ARCH ...] [--rounds N]."""
     session.run("python", "-m", "harness.benchmarks.memory", *session.posargs, external=True)
+
+
+@nox.session(name="bench-compute")
+def bench_compute(session: nox.Session) -> None:
+    """The compute guest on our kernel vs Debian's cloud kernel: -- [ARCH] [--out OUT] [--rounds N]."""
+    session.run("python", "-m", "harness.benchmarks.compute", *session.posargs, external=True)
 
 
 @nox.session(name="bench-boot")

@@ -153,10 +153,10 @@ def cmd_compute_test(args: argparse.Namespace) -> int:
     from harness.compute import run as compute
 
     arch = get_arch(args.arch)
-    if arch.name != "amd64":
-        print(f"error: [compute-test] {arch.name} is not supported yet (amd64 only so far)", file=sys.stderr)
-        return 2
-    return 0 if compute.compute_test(arch, _arch_out(args, arch), accel=args.accel) else 1
+    ok = True
+    for kernel in compute.KERNELS if args.kernel == "both" else (args.kernel,):
+        ok = compute.compute_test(arch, _arch_out(args, arch), kernel=kernel, accel=args.accel) and ok
+    return 0 if ok else 1
 
 
 def cmd_config_drift(args: argparse.Namespace) -> int:
@@ -292,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
     ct.add_argument("arch")
     ct.add_argument("--out", help="the build's OUT directory (default out/ARCH, the production kernel)")
     ct.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ct.add_argument("--kernel", default="ours", choices=("ours", "debian-cloud", "both"),
+                    help="the kernel built in OUT (default), Debian's cloud kernel from the guest image (the "
+                    "kernel a user would pick instead), or both, one after the other")
     ct.set_defaults(func=cmd_compute_test)
 
     cd = sub.add_parser("config-drift", help="options the amd64 and arm64 production configs set differently, "

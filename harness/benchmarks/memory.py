@@ -42,7 +42,7 @@ def _cycle(guest: Guest, rounds: int) -> dict[str, list[float]]:
     shrink: list[float] = []
     for _ in range(rounds):
         for target, into in ((GIB_MIB, grow), (0, shrink)):
-            rec = memory_stress._resize(guest, target, STEP)
+            rec = memory_stress.resize(guest, target, STEP)
             if not rec["reached"]:
                 raise HarnessError(f"resize to {target} MiB stopped at {rec['reached_mib']} MiB", step=STEP)
             into.append(rec["seconds"])

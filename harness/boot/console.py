@@ -180,7 +180,8 @@ class Console:
         """
         limit = max(1, round(timeout * self.scale))
         start = time.monotonic()
-        loop = f"until {condition}; do usleep 20000; done"
+        # busybox's usleep in the test initramfs; a Debian guest's sh has none, and its sleep takes fractions
+        loop = f"until {condition}; do usleep 20000 2>/dev/null || sleep 0.02; done"
         rc, _ = self.run(f"timeout {limit} sh -c {shlex.quote(loop)}", timeout=timeout + 10, step=step,
                          check=False)
         if rc != 0:

@@ -141,7 +141,7 @@ def fetch_busybox(arch: Arch) -> Path:
     return target
 
 
-def _compile(arch: Arch, source_text: str, dest: Path, log: Path) -> None:
+def compile_static(arch: Arch, source_text: str, dest: Path, log: Path) -> None:
     """A static binary for ``arch`` from one C file (cross-compiled where the arch is foreign)."""
     src = dest.with_suffix(".c")
     src.write_text(source_text)
@@ -156,9 +156,9 @@ def _stage(arch: Arch, root: Path, init_text: str, log: Path) -> None:
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(busybox(arch), root / "bin" / "busybox")
     (root / "init").write_text(init_text)
-    _compile(arch, PHC_READ_C, root / "bin" / "phc-read", log)
-    _compile(arch, PROBE_SOURCE.read_text(), root / "bin" / "contract-probe", log)
-    _compile(arch, MEMHOG_SOURCE.read_text(), root / "bin" / "memhog", log)
+    compile_static(arch, PHC_READ_C, root / "bin" / "phc-read", log)
+    compile_static(arch, PROBE_SOURCE.read_text(), root / "bin" / "contract-probe", log)
+    compile_static(arch, MEMHOG_SOURCE.read_text(), root / "bin" / "memhog", log)
     (root / "etc" / "acpi" / "PWRF" / "00000080").write_text(POWER_SCRIPT)
     (root / CONTRACT_PATTERNS.lstrip("/")).write_text(contract_patterns())
     try:

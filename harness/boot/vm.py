@@ -42,7 +42,8 @@ LOG = logging.getLogger(__name__)
 # The runner's memory hotplug policy, on every kernel command line.
 MEMHP_CMDLINE = ("memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
                  "memory_hotplug.auto_movable_ratio=301")
-VIRTIO_MEM_ID = "vmem0"  # device id (QOM path /machine/peripheral/vmem0)
+VIRTIO_MEM_ID = "vm0"  # the VM runner's device id (QOM path /machine/peripheral/vm0)
+VIRTIO_MEM_BACKEND = "vmem0"  # and its memory backend's
 LOG_PORT_NAME = "tech.neon.log.0"  # the runner's virtio-serial port for the guest's log shipper
 DATA_DRIVE_ID = "pgdata"
 # The kernel's own IP autoconfiguration, shaped like the runner's ip=<addr>:::<mask>:<host>:<dev>:off
@@ -169,8 +170,8 @@ def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, l
         "-cpu", cpu,
         "-smp", f"cpus={spec.cpus_present},maxcpus={spec.cpus_max},sockets=1,cores={spec.cpus_max},threads=1",
         "-m", f"size={spec.mem_boot_mib}M,slots={spec.mem_slots},maxmem={spec.maxmem_mib}M",
-        "-object", f"memory-backend-ram,id={VIRTIO_MEM_ID}-mem,size={spec.virtio_mem_mib}M",
-        "-device", f"virtio-mem-pci,id={VIRTIO_MEM_ID},memdev={VIRTIO_MEM_ID}-mem,"
+        "-object", f"memory-backend-ram,id={VIRTIO_MEM_BACKEND},size={spec.virtio_mem_mib}M",
+        "-device", f"virtio-mem-pci,id={VIRTIO_MEM_ID},memdev={VIRTIO_MEM_BACKEND},"
                    f"block-size={VIRTIO_MEM_BLOCK},requested-size=0",
         "-no-reboot",
         "-nodefaults",

@@ -21,6 +21,8 @@ from typing import TextIO
 
 from harness import proc
 from harness.arch import Arch
+from harness.compute import binfmt
+from harness.errors import InfraError
 from harness.fsutil import atomic_output, exclusive_lock
 from harness.layout import cache_root
 
@@ -32,24 +34,37 @@ VARIANT = "minbase"
 PG_MAJOR = 15
 PACKAGES: tuple[str, ...] = (
     f"postgresql-{PG_MAJOR}", f"postgresql-client-{PG_MAJOR}", "udev", "acpid", "chrony", "e2fsprogs",
-    "util-linux", "busybox", "procps", "iproute2", "quota",
+    "util-linux", "busybox", "procps", "iproute2", "quota", "kmod", "initramfs-tools",
 )
+# The kernel a user would pick instead: Debian's cloud kernel, installed into the same image (its
+# modules where udev finds them, its initramfs made by initramfs-tools), so that both kernels boot the
+# very same guest. Its vmlinuz and initrd are kept beside the cached image (:class:`CloudKernel`).
+CLOUD_KERNEL = "linux-image-cloud-{debian_arch}"
+
+
+def packages(arch: Arch) -> tuple[str, ...]:
+    return (*PACKAGES, CLOUD_KERNEL.format(debian_arch=arch.debian_arch))
+
 ROOT_LABEL = "neonvm-root"
 RUNTIME_LABEL = "vmruntime"  # the runner's runtime cdrom (iso9660 volume id)
 SWAP_LABEL = "swapdisk"
 DATA_LABEL = "pgdata"
 TOOLS_LABEL = "vm-tools"
 LOG_PORT = "tech.neon.log.0"
+MEMHOG = "memhog"  # the memory-pressure probe on the runtime disk (harness/boot/probe/memhog.c)
 PG_MOUNT = "/var/db/postgres"
 PGDATA = f"{PG_MOUNT}/pgdata"
 PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
 PG_TEMPLATE = "/var/lib/neonvm/pgdata-template"
+GUEST_CIDR = "10.0.2.15/24"  # QEMU user networking's guest address (hostfwd's default target)
+GUEST_GW = "10.0.2.2"
 PROJECT_ID = 42  # the project quota id of the data directory
 READY_MARKER = "neonvm-init: postgres ready"
 FAILED_MARKER = "neonvm-init: postgres FAILED"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/neonvm/bin"
 HEADROOM_MIB = 256  # free space left in the root image
 BUILD_TIMEOUT = 3600
+FOREIGN_SLOWDOWN = 3  # a foreign arch's image is built under qemu-user emulation (arm64 on amd64)
 
 
 def inittab(console: str) -> str:
@@ -89,6 +104,13 @@ udevadm settle --timeout=60 || log "udevadm settle timed out"
 mkdir -p /neonvm/runtime
 mount -t iso9660 -o ro "$(blkid -L {RUNTIME_LABEL})" /neonvm/runtime || log "runtime disk mount FAILED"
 /neonvm/bin/sh /neonvm/runtime/mounts.sh || log "mounts.sh FAILED"
+# The runner's kernel configures eth0 from ip= (IP_PNP); a kernel without it gets the same address here.
+for n in /sys/class/net/*; do n=${{n##*/}}; [ "$n" = lo ] || break; done
+if [ -n "$n" ] && ! ip -4 addr show dev "$n" | grep -q inet; then
+  log "configuring $n (the kernel did not apply ip=)"
+  ip link set "$n" up && ip addr add {GUEST_CIDR} dev "$n" && ip route add default via {GUEST_GW}
+fi
+modprobe -q ptp_kvm 2>/dev/null  # built in on the NeonVM kernel; a module on Debian's
 [ -e /dev/ptp0 ] && chronyd -f /etc/chrony/neonvm.conf
 /neonvm/bin/pgstart &
 log "sysinit done"
@@ -136,6 +158,12 @@ umount {PG_MOUNT} /neonvm/tools 2>/dev/null
 mount -o remount,ro /
 """
 
+# QMP CPU mode: a vCPU hot-plugged with device_add comes up offline; the NeonVM guest onlines it. In
+# sysfs mode (maxcpus= on the command line) the offline CPUs are the autoscaler's to online, also when
+# the boot's `udevadm trigger` replays their add events, so the rule stands aside then.
+CPU_ONLINE_RULE = ('SUBSYSTEM=="cpu", ACTION=="add", IMPORT{cmdline}="maxcpus"\n'
+                   'SUBSYSTEM=="cpu", ACTION=="add", ENV{maxcpus}=="", TEST=="online", ATTR{online}=="0", '
+                   'ATTR{online}="1"\n')
 ACPI_EVENT = "event=button[ /]power\naction=/neonvm/bin/vmshutdown\n"
 CHRONY_CONF = "refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\nmakestep 1.0 3\n"
 PG_CONF = ("listen_addresses = '*'\nunix_socket_directories = '/run/postgresql'\nshared_buffers = 64MB\n"
@@ -168,6 +196,7 @@ def init_layer(console: str) -> dict[str, tuple[str, int]]:
         "neonvm/bin/vmshutdown": (VMSHUTDOWN, 0o755),
         "neonvm/bin/vmhalt": (VMHALT, 0o755),
         "etc/acpi/events/neonvm-powerbtn": (ACPI_EVENT, 0o644),
+        "etc/udev/rules.d/90-neonvm-cpu-online.rules": (CPU_ONLINE_RULE, 0o644),
         "etc/chrony/neonvm.conf": (CHRONY_CONF, 0o644),
         "neonvm/etc/postgresql.conf.add": (PG_CONF, 0o644),
         "neonvm/etc/pg_hba.conf": (PG_HBA, 0o644),
@@ -177,9 +206,18 @@ def init_layer(console: str) -> dict[str, tuple[str, int]]:
 def cache_key(arch: Arch) -> str:
     """What the image depends on: packages, suite, mirror, variant, init layer and hooks."""
     spec = {"arch": arch.debian_arch, "suite": SUITE, "mirror": MIRROR, "variant": VARIANT,
-            "packages": sorted(PACKAGES), "layer": init_layer(arch.console), "customize": CUSTOMIZE,
+            "packages": sorted(packages(arch)), "layer": init_layer(arch.console), "customize": CUSTOMIZE,
             "headroom": HEADROOM_MIB, "label": ROOT_LABEL}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CloudKernel:
+    """Debian's cloud kernel from the image: boots the same guest through its own initramfs."""
+
+    vmlinuz: Path
+    initrd: Path
+    release: str  # uname -r, e.g. 6.1.0-41-cloud-amd64
 
 
 @dataclass(frozen=True)
@@ -190,9 +228,41 @@ class RootImage:
     build_seconds: float  # this call's time (the cold build's, when not cached)
     meta: dict[str, object]
 
+    @property
+    def cloud_kernel(self) -> CloudKernel:
+        release = str(self.meta.get("cloud_kernel_release") or "")
+        d = cloud_dir(self.path)
+        return CloudKernel(vmlinuz=d / "vmlinuz", initrd=d / "initrd.img", release=release)
+
 
 def image_path(arch: Arch) -> Path:
     return cache_root() / "compute" / f"root-{arch.name}-{cache_key(arch)}.ext4"
+
+
+def cloud_dir(image: Path) -> Path:
+    """Where the cloud kernel of ``image`` is kept (written before the image, so a cached image has it)."""
+    return image.with_name(image.stem + ".cloud-kernel")
+
+
+def _take_cloud_kernel(tree: Path, dest: Path, *, step: str) -> str:
+    """Copy /boot/vmlinuz-R and /boot/initrd.img-R out of the root tree; return R."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise InfraError(f"expected one kernel in the image's /boot, found {[k.name for k in kernels]}", step=step)
+    release = kernels[0].name.removeprefix("vmlinuz-")
+    initrd = tree / "boot" / f"initrd.img-{release}"
+    if not initrd.is_file():
+        raise InfraError(f"the image has no {initrd.name} (initramfs-tools did not run)", step=step)
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(kernels[0], staging / "vmlinuz")
+    shutil.copyfile(initrd, staging / "initrd.img")
+    (staging / "release").write_text(release + "\n")
+    staging.rename(dest)
+    return release
 
 
 def stage_layer(root: Path, console: str) -> None:
@@ -205,7 +275,7 @@ def stage_layer(root: Path, console: str) -> None:
 
 def mmdebstrap_argv(arch: Arch, *, layer: Path, target: Path) -> list[str]:
     argv = ["mmdebstrap", f"--variant={VARIANT}", f"--architectures={arch.debian_arch}", "--mode=root",
-            "--include=" + ",".join(PACKAGES), "--verbose",
+            "--include=" + ",".join(packages(arch)), "--verbose",
             "--essential-hook=mkdir -p \"$1/etc/postgresql-common\"; "
             "echo 'create_main_cluster = false' > \"$1/etc/postgresql-common/createcluster.conf\"",
             f"--customize-hook=sync-in {layer} /"]
@@ -229,29 +299,40 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
     path = image_path(arch)
     key = cache_key(arch)
     meta_path = path.with_suffix(".json")
-    if path.is_file():
-        found = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        return RootImage(path, key, True, 0.0, found)
+
+    def cached() -> RootImage | None:
+        # the metadata is written last: an image without it is an interrupted build, made again
+        if path.is_file() and meta_path.is_file():
+            return RootImage(path, key, True, 0.0, json.loads(meta_path.read_text()))
+        return None
+    if (found := cached()) is not None:
+        return found
     proc.require_tool("mmdebstrap", step="compute-image", hint="apt-get install -y mmdebstrap")
     log = log_dir / "image.log"
     out = stream if stream is not None else sys.stderr
     with exclusive_lock(path.with_suffix(".lock"), step="compute-image", what=f"the compute image {path.name}"):
-        if path.is_file():
-            return RootImage(path, key, True, 0.0, json.loads(meta_path.read_text()) if meta_path.is_file() else {})
+        if (found := cached()) is not None:
+            return found
+        path.unlink(missing_ok=True)
         start = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix="compute-image-", dir=path.parent))
         try:
             layer, tree = work / "layer", work / "tree"
             stage_layer(layer, arch.console)
-            prog = proc.Progress(f"compute image (mmdebstrap {SUITE}, {len(PACKAGES)} packages)")
+            if binfmt.is_foreign(arch):  # arm64 on amd64: the chroot's binaries run under qemu-user
+                done = binfmt.ensure(arch, log=log)
+                binfmt.verify(arch, log=log)
+                LOG.info("binfmt_misc handler for %s: %s", arch.name, done)
+            prog = proc.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
             print(f"building the compute root image {path.name} (cold: several minutes); log {log}", file=out)
 
             def on_line(line: str) -> None:
                 if line.startswith("I: "):
                     prog.tick(line[3:].strip())
             proc.run(mmdebstrap_argv(arch, layer=layer, target=tree), step="compute-image", log=log,
-                     timeout=BUILD_TIMEOUT, on_line=on_line)
+                     timeout=BUILD_TIMEOUT * (FOREIGN_SLOWDOWN if binfmt.is_foreign(arch) else 1), on_line=on_line)
             prog.done("root tree done")
+            release = _take_cloud_kernel(tree, cloud_dir(path), step="compute-image")
             size_mib = int(_du_mib(tree) * 1.15) + HEADROOM_MIB
             with atomic_output(path) as tmp:
                 with open(tmp, "wb") as fh:
@@ -259,11 +340,25 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
                 proc.run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", tree, tmp], step="compute-image",
                          log=log, timeout=600)
             seconds = round(time.monotonic() - start, 1)
-            meta: dict[str, object] = {"key": key, "packages": list(PACKAGES), "suite": SUITE, "mirror": MIRROR,
-                                       "size_mib": size_mib, "cold_build_seconds": seconds}
+            meta: dict[str, object] = {"key": key, "packages": list(packages(arch)), "suite": SUITE,
+                                       "mirror": MIRROR, "size_mib": size_mib, "cold_build_seconds": seconds,
+                                       "cloud_kernel_release": release}
             with atomic_output(meta_path) as tmp:
                 tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             print(f"compute root image built in {seconds:.0f}s ({size_mib} MiB)", file=out)
+            _prune(arch, keep=path)
             return RootImage(path, key, False, seconds, meta)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _prune(arch: Arch, *, keep: Path) -> None:
+    """Remove this arch's images of other keys (each is most of a GiB); the new one is complete."""
+    for old in keep.parent.glob(f"root-{arch.name}-*"):
+        if old.name.startswith(keep.stem):
+            continue
+        LOG.info("removing the outdated compute image %s", old.name)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

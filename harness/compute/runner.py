@@ -9,22 +9,23 @@ iso9660 cdrom with ``mounts.sh``; the console on ttyS1 (amd64); the log port ``t
 """
 from __future__ import annotations
 
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import proc
 from harness.arch import Arch
+from harness.boot import initramfs
+from harness.boot.vm import VIRTIO_MEM_BACKEND, VIRTIO_MEM_ID
 from harness.compute import image
 from harness.errors import InvalidArgument
 
 CPU_MODES = ("qmp", "sysfs")
-VIRTIO_MEM_ID = "vm0"  # the runner's virtio-mem device id (qom-set vm0 requested-size)
-VIRTIO_MEM_BACKEND = "vmem0"
 VIRTIO_MEM_BLOCK = "8M"
 MEMHP = ("memhp_default_state=online", "memory_hotplug.online_policy=auto-movable",
          "memory_hotplug.auto_movable_ratio=301")
-GUEST_IP = "10.0.2.15"  # QEMU user networking's guest address (hostfwd's default target)
+GUEST_IP = image.GUEST_CIDR.split("/")[0]
 IP_CMDLINE = f"ip={GUEST_IP}:::255.255.255.0:neonvm-compute:eth0:off"
 PG_PORT = 5432
 
@@ -85,7 +86,8 @@ def kernel_cmdline(arch: Arch, shape: Shape, *, extra: tuple[str, ...] = ()) -> 
 
 def qemu_argv(arch: Arch, shape: Shape, *, kernel: Path, disks: Disks, accel: str, console_sock: Path | str,
               qmp_sock: Path | str, log_port: Path | str, early_log: Path | str, host_port: int,
-              name: str = "neonvm-compute", cmdline_extra: tuple[str, ...] = ()) -> list[str]:
+              name: str = "neonvm-compute", cmdline_extra: tuple[str, ...] = (),
+              initrd: Path | None = None) -> list[str]:
     """QEMU's argv for the compute VM, the runner's shape with the harness's sockets."""
     cpu = arch.qemu_cpu_kvm if accel == "kvm" else arch.qemu_cpu_tcg
     argv = [arch.qemu_binary, "-name", name, "-machine", arch.qemu_machine, "-accel", accel, "-cpu", cpu,
@@ -117,7 +119,10 @@ def qemu_argv(arch: Arch, shape: Shape, *, kernel: Path, disks: Disks, accel: st
         argv += ["-drive", f"id=tools,file={disks.tools},if=virtio,media=disk,format=raw,readonly=on"]
     argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{PG_PORT}",
              "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:4e:56:4e",
-             "-kernel", str(kernel), "-append", kernel_cmdline(arch, shape, extra=cmdline_extra)]
+             "-kernel", str(kernel)]
+    if initrd is not None:  # a kernel that needs its own initramfs (Debian's: modular virtio and ext4)
+        argv += ["-initrd", str(initrd)]
+    argv += ["-append", kernel_cmdline(arch, shape, extra=cmdline_extra)]
     return argv
 
 
@@ -147,18 +152,22 @@ DATA_MIB = 512
 QUOTA_MIB = 256
 
 
-def make_runtime_iso(path: Path, *, tools: bool, quota_kib: int, log: Path) -> None:
+def make_runtime_iso(path: Path, arch: Arch, *, tools: bool, quota_kib: int, log: Path) -> None:
+    """The runtime cdrom: the runner's mount script, the data directory's quota, and the harness's
+    memory-pressure probe (a static binary for the guest's arch)."""
     stage = path.with_name(f".{path.name}.d")
-    stage.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     (stage / "mounts.sh").write_text(mount_script(tools=tools))
     (stage / "quota-kib").write_text(f"{quota_kib}\n")
+    initramfs.compile_static(arch, initramfs.MEMHOG_SOURCE.read_text(), stage / image.MEMHOG, log)
     tool = "genisoimage"
     proc.require_tool(tool, step="compute-disks", hint="apt-get install -y genisoimage")
     proc.run([tool, "-quiet", "-R", "-J", "-V", image.RUNTIME_LABEL, "-o", path, stage], step="compute-disks",
              log=log, timeout=60)
 
 
-def make_disks(work: Path, root_image: Path, *, tools: Path | None, log: Path) -> Disks:
+def make_disks(work: Path, arch: Arch, root_image: Path, *, tools: Path | None, log: Path) -> Disks:
     """Fresh disks for one compute run (the root disk a qcow2 overlay over the cached image)."""
     work.mkdir(parents=True, exist_ok=True)
     step = "compute-disks"
@@ -168,7 +177,7 @@ def make_disks(work: Path, root_image: Path, *, tools: Path | None, log: Path) -
         p.unlink(missing_ok=True)
     proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", root_image, disks.root],
              step=step, log=log, timeout=60)
-    make_runtime_iso(disks.runtime, tools=disks.tools is not None, quota_kib=QUOTA_MIB * 1024, log=log)
+    make_runtime_iso(disks.runtime, arch, tools=disks.tools is not None, quota_kib=QUOTA_MIB * 1024, log=log)
     for p, mib in ((disks.swap, SWAP_MIB), (disks.data, DATA_MIB)):
         with open(p, "wb") as fh:
             fh.truncate(mib << 20)

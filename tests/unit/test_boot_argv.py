@@ -41,7 +41,7 @@ def test_runner_shape_amd64():
     assert argv[0] == "qemu-system-x86_64"
     assert "-machine q35" in joined and "-serial chardev:console" in joined
     assert "cpus=2,maxcpus=4,sockets=1,cores=4,threads=1" in joined
-    assert "virtio-mem-pci,id=vmem0,memdev=vmem0-mem,block-size=8M,requested-size=0" in joined
+    assert "virtio-mem-pci,id=vm0,memdev=vmem0,block-size=8M,requested-size=0" in joined
     assert "-no-reboot" in argv and "-nodefaults" in argv
     assert "file=/OUT/tools.img,if=none,format=raw,readonly=on" in joined
     cmdline = argv[argv.index("-append") + 1]

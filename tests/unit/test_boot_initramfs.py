@@ -16,7 +16,7 @@ def fake_inputs(monkeypatch, tmp_path):
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF fake busybox")
     monkeypatch.setattr(initramfs, "busybox", lambda arch: bb)
-    monkeypatch.setattr(initramfs, "_compile", lambda arch, text, dest, log: dest.write_bytes(dest.name.encode()))
+    monkeypatch.setattr(initramfs, "compile_static", lambda arch, text, dest, log: dest.write_bytes(dest.name.encode()))
     return tmp_path
 
 

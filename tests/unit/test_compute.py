@@ -8,7 +8,7 @@ import pytest
 
 from harness.arch import get_arch
 from harness.compute import image, runner
-from harness.errors import InvalidArgument
+from harness.errors import InfraError, InvalidArgument
 
 AMD64 = get_arch("amd64")
 DISKS = runner.Disks(root=Path("/W/root.qcow2"), runtime=Path("/W/runtime.iso"), swap=Path("/W/swap.img"),
@@ -132,3 +132,73 @@ def test_mmdebstrap_argv_no_docker():
     include = next(a for a in argv if a.startswith("--include="))
     for pkg in ("postgresql-15", "udev", "acpid", "chrony", "e2fsprogs", "util-linux", "busybox"):
         assert pkg in include.split("=", 1)[1].split(",")
+
+
+def test_the_cloud_kernel_is_installed_in_the_same_image():
+    include = next(a for a in image.mmdebstrap_argv(AMD64, layer=Path("/L"), target=Path("/T"))
+                   if a.startswith("--include="))
+    assert {"linux-image-cloud-amd64", "initramfs-tools"} <= set(include.split("=", 1)[1].split(","))
+    assert image.packages(get_arch("arm64"))[-1] == "linux-image-cloud-arm64"
+
+
+def test_initrd_only_when_the_kernel_needs_one():
+    assert "-initrd" not in argv_for(SYSFS_SHAPE)
+    argv = runner.qemu_argv(AMD64, SYSFS_SHAPE, kernel=Path("/C/vmlinuz"), disks=DISKS, accel="tcg",
+                            console_sock="/R/c", qmp_sock="/R/q", log_port="/L/l", early_log="/L/e", host_port=1,
+                            initrd=Path("/C/initrd.img"))
+    assert opt(argv, "-initrd") == ["/C/initrd.img"] and opt(argv, "-kernel") == ["/C/vmlinuz"]
+    assert argv.index("-initrd") < argv.index("-append")
+
+
+def test_cloud_kernel_taken_from_the_tree(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot" / "vmlinuz-6.1.0-9-cloud-amd64").write_bytes(b"K")
+    (tree / "boot" / "initrd.img-6.1.0-9-cloud-amd64").write_bytes(b"I")
+    dest = tmp_path / "root-amd64-k.cloud-kernel"
+    assert image._take_cloud_kernel(tree, dest, step="t") == "6.1.0-9-cloud-amd64"
+    assert (dest / "vmlinuz").read_bytes() == b"K" and (dest / "initrd.img").read_bytes() == b"I"
+    (tree / "boot" / "initrd.img-6.1.0-9-cloud-amd64").unlink()
+    with pytest.raises(InfraError, match="initramfs-tools"):
+        image._take_cloud_kernel(tree, dest, step="t")
+    (tree / "boot" / "vmlinuz-6.1.0-10-cloud-amd64").write_bytes(b"K2")
+    with pytest.raises(InfraError, match="expected one kernel"):
+        image._take_cloud_kernel(tree, dest, step="t")
+
+
+def test_an_image_without_its_metadata_is_not_a_cached_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(image, "cache_root", lambda: tmp_path)
+    path = image.image_path(AMD64)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half-written")  # an interrupted build: image, no metadata
+    monkeypatch.setattr(image.proc, "require_tool", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("built")))
+    with pytest.raises(RuntimeError, match="built"):
+        image.ensure(AMD64, log_dir=tmp_path)
+    path.with_suffix(".json").write_text('{"cloud_kernel_release": "6.1.0-9-cloud-amd64"}')
+    got = image.ensure(AMD64, log_dir=tmp_path)
+    assert got.cached and got.cloud_kernel.release == "6.1.0-9-cloud-amd64"
+    assert got.cloud_kernel.vmlinuz == image.cloud_dir(path) / "vmlinuz"
+
+
+def test_prune_keeps_only_the_current_key(tmp_path):
+    keep = tmp_path / "root-amd64-new.ext4"
+    for name in ("root-amd64-new.ext4", "root-amd64-new.json", "root-amd64-old.ext4", "root-amd64-old.json",
+                 "root-arm64-old.ext4"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "root-amd64-old.cloud-kernel").mkdir()
+    image._prune(AMD64, keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root-amd64-new.ext4", "root-amd64-new.json",
+                                                          "root-arm64-old.ext4"]
+
+
+def test_vminit_configures_the_network_only_when_the_kernel_did_not():
+    vminit = image.init_layer("ttyS1")["neonvm/bin/vminit"][0]
+    assert "ip -4 addr show" in vminit and f"ip addr add {image.GUEST_CIDR}" in vminit
+    assert vminit.index("modprobe -q ptp_kvm") < vminit.index("chronyd")
+
+
+def test_cpu_online_rule_stands_aside_in_sysfs_mode():
+    rule = image.init_layer("ttyS1")["etc/udev/rules.d/90-neonvm-cpu-online.rules"][0]
+    first, second = rule.splitlines()
+    assert 'IMPORT{cmdline}="maxcpus"' in first
+    assert 'ENV{maxcpus}==""' in second and second.endswith('ATTR{online}="1"')

@@ -250,7 +250,7 @@ def test_wait_running():
 def test_hot_plugged_devices_are_replayed_on_the_destination():
     src = FakeQmp({
         "query-memory-devices": [
-            {"type": "virtio-mem", "data": {"id": "vmem0", "memdev": "/objects/vmem0-mem", "size": 0}},
+            {"type": "virtio-mem", "data": {"id": "vm0", "memdev": "/objects/vmem0", "size": 0}},
             {"type": "dimm", "data": {"id": "dimm0", "memdev": "/objects/dimm0-mem", "size": 128 * MIB,
                                       "addr": 4294967296, "slot": 0, "hotplugged": True}}],
         "qom-get": lambda a: "memory-backend-ram" if a == {"path": "/objects/dimm0-mem", "property": "type"} else None,

@@ -50,7 +50,7 @@ def _device_size(guest: Guest) -> int:
     return int(guest.qmp.execute("qom-get", {"path": VIRTIO_MEM_QOM, "property": "size"}))
 
 
-def _resize(guest: Guest, target_mib: int, step: str) -> dict:
+def resize(guest: Guest, target_mib: int, step: str) -> dict:
     """Ask for ``target_mib`` and follow the device until it reaches it, or stops moving for
     STALL_SECONDS (a shrink the guest refuses: it keeps memory it cannot offline). One round's record."""
     before_blocks = memory_blocks(guest, step)
@@ -137,7 +137,7 @@ def stress(guest: Guest, ev: dict) -> None:
         ev["pids"], ev["cpu_toggled"] = dict(load.pids), load.cpu
         previous = 0
         for target in plan:
-            rec = _resize(guest, target, step)
+            rec = resize(guest, target, step)
             records.append(rec)
             ev["rounds"] = records
             LOG.info("[%s] round %s", step, rec)
@@ -173,7 +173,7 @@ def stress(guest: Guest, ev: dict) -> None:
         ev["dmesg_failures"] = bad[:10]
         raise CheckFailed(f"dmesg during the stress rounds: {bad[0][:160]!r} (+{len(bad) - 1} more)", step=step)
     if _device_size(guest) != 0:
-        _resize(guest, 0, step)
+        resize(guest, 0, step)
 
 
 CHECKS = [
