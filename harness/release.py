@@ -32,7 +32,7 @@ PACKAGED = ("vmlinuz", "System.map", "config", "tools.img")
 # day, this host's paths): what stays is the same for two builds of the same inputs.
 RECORDS = {"manifest.json": ("built_at", "durations", "build_dir", "tree"),
            "tools-manifest.json": ("durations", "perf.objdir")}
-RESULTS = ("inspect", "boot")  # per-arch verification results, kept beside the tars (not reproducible)
+RESULTS = ("inspect", "boot", "compute")  # per-arch verification results, kept beside the tars (not reproducible)
 
 
 def _step(results: list[CheckResult], name: str, fn: Callable[[Evidence], None]) -> bool:
@@ -81,6 +81,7 @@ def require_passed(rel: Path) -> None:
 
 def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_count() or 1) -> int:
     from harness.boot import run as boottest
+    from harness.compute import run as compute
     from harness.tools import image as toolsimage
     from harness.tools import inspect
 
@@ -122,6 +123,11 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
         if not boottest.boot_test(arch, outs[arch.name], require_tools=True):
             raise CheckFailed(f"a boot check failed: see {ev['results']}", step="boot-test")
 
+    def do_compute(ev: Evidence, arch: Arch) -> None:
+        ev["results"] = str(compute.results_dir(outs[arch.name], "ours") / "results.json")
+        if not compute.compute_test(arch, outs[arch.name]):
+            raise CheckFailed(f"a compute check failed: see {ev['results']}", step="compute-test")
+
     if built:
         _step(results, "inspect-tools", do_inspect)
     else:
@@ -131,6 +137,11 @@ def run(arches: list[Arch], *, variant: str = "production", jobs: int = os.cpu_c
             _step(results, f"boot-test-{arch.name}", functools.partial(do_boot, arch=arch))
         else:
             results.append(skipped(f"boot-test-{arch.name}", "no kernel or tools image"))
+    for arch in arches:  # the Postgres guest, after every boot test: the kernel's mechanisms first
+        if arch in built:
+            _step(results, f"compute-test-{arch.name}", functools.partial(do_compute, arch=arch))
+        else:
+            results.append(skipped(f"compute-test-{arch.name}", "no kernel or tools image"))
     meta = {"variant": variant, "arches": ",".join(a.name for a in arches)}
 
     def do_oci(ev: Evidence) -> None:

@@ -42,7 +42,7 @@ from harness import fsutil, layout
 from harness.arch import Arch
 from harness.boot import initramfs
 from harness.boot.vm import Vm, VmSpec, qemu_argv
-from harness.errors import HarnessError, InfraError
+from harness.errors import HarnessError, InfraError, InvalidArgument
 
 LOG = logging.getLogger(__name__)
 
@@ -369,6 +369,8 @@ def override(spec: VmSpec, *, qemu_version: str, log_dir: Path, boot_timeout: fl
         raise AcpiTableError(f"QEMU's APIC ({captured.dir}/{MADT}.dat) has no disabled processor entry to make "
                              "online-capable: no free vCPU slot (-smp cpus < maxcpus?)")
     tables = {FADT: fadt, MADT: madt}
+    if spec.initrd is None:
+        raise InvalidArgument("the replacement ACPI tables travel in an initrd: the VM has none", step="acpi-tables")
     early, initrd = build_initrd(tables, spec.initrd)
     meta = {**describe(captured.tables, tables, changed), "source": source_line(captured.source),
             "cache": str(captured.dir), "captured_now": captured.fresh, "early_cpio": str(early),

@@ -117,7 +117,7 @@ class VmSpec:
 
     arch: Arch
     kernel: Path
-    initrd: Path
+    initrd: Path | None  # None: a kernel that mounts its root disk itself (a VM with its own argv)
     accel: Accel
     cpus_min: int = 1  # online at boot (kernel maxcpus=)
     cpus_present: int = 2  # -smp cpus=: present at boot
@@ -192,6 +192,8 @@ def qemu_argv(spec: VmSpec, *, console_sock: Path | str, qmp_sock: Path | str, l
         argv += ["-serial", f"file:{early_log}", "-device", "virtconsole,chardev=console"]
     if arch.firmware:
         argv += ["-bios", arch.firmware]
+    if spec.initrd is None:
+        raise InvalidArgument("the boot test's VM boots an initramfs: no initrd given", step="vm")
     argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec)]
     if spec.tools_img:
         argv += ["-drive", f"id={TOOLS_DRIVE_ID},file={spec.tools_img},if=none,format=raw,readonly=on",

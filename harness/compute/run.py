@@ -41,15 +41,14 @@ def results_dir(out_dir: Path, kernel: str) -> Path:
 class ComputeVm(Vm):
     """:class:`Vm`'s lifecycle (console and QMP sockets, teardown) with the compute VM's argv.
 
-    vm.py builds one argv shape (the test initramfs, its own drives); the compute VM has the runner's
-    disks and a root filesystem, so this overrides :meth:`Vm.argv`. ``spec.initrd`` is only checked for
-    existence by :meth:`Vm.launch`: it names the root image, or the kernel's own initramfs (``initrd``),
-    which is what QEMU gets."""
+    vm.py builds the boot test's argv (the test initramfs, its own drives); the compute VM has the
+    runner's disks and a root filesystem, so it overrides :meth:`Vm.argv`. ``spec.initrd`` is None for
+    our kernel (it mounts /dev/vda itself) and Debian's initramfs for Debian's kernel."""
 
     def __init__(self, spec: VmSpec, *, log_dir: Path, tag: str, shape: runner.Shape, disks: runner.Disks,
-                 host_port: int, initrd: Path | None) -> None:
+                 host_port: int) -> None:
         super().__init__(spec, log_dir, tag)
-        self.shape, self.disks, self.host_port, self.initrd = shape, disks, host_port, initrd
+        self.shape, self.disks, self.host_port = shape, disks, host_port
 
     def argv(self, rundir: Path | str) -> list[str]:
         rundir = Path(rundir)
@@ -57,14 +56,13 @@ class ComputeVm(Vm):
                                 accel=self.spec.accel.name, console_sock=rundir / "console.sock",
                                 qmp_sock=rundir / "qmp.sock", log_port=self.log_port_log,
                                 early_log=self.early_log, host_port=self.host_port, name=self.spec.name,
-                                initrd=self.initrd)
+                                initrd=self.spec.initrd)
 
 
-def _boot(arch: Arch, acc: Accel, *, kernel: Path, initrd: Path | None, root: Path, disks: runner.Disks,
-          log_dir: Path, tag: str) -> ComputeVm:
-    spec = VmSpec(arch=arch, kernel=kernel, initrd=initrd or root, accel=acc, name=f"neonvm-compute-{tag}")
-    return ComputeVm(spec, log_dir=log_dir, tag=tag, shape=SHAPE, disks=disks, host_port=runner.free_port(),
-                     initrd=initrd)
+def _boot(arch: Arch, acc: Accel, *, kernel: Path, initrd: Path | None, disks: runner.Disks, log_dir: Path,
+          tag: str) -> ComputeVm:
+    spec = VmSpec(arch=arch, kernel=kernel, initrd=initrd, accel=acc, name=f"neonvm-compute-{tag}")
+    return ComputeVm(spec, log_dir=log_dir, tag=tag, shape=SHAPE, disks=disks, host_port=runner.free_port())
 
 
 def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str = "auto",
@@ -108,7 +106,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
             disks = runner.make_disks(res_dir / "disks", arch, img[0].path, tools=out_dir / "tools.img",
                                       log=logs / "disks.log")
         token = ""
-        vm = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, root=img[0].path, disks=disks, log_dir=logs,
+        vm = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
                    tag="boot1")
         with vm:
             meta["kernel_cmdline"] = runner.kernel_cmdline(arch, SHAPE)
@@ -131,7 +129,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
         if not token:
             results.append(skipped("durable-after-powerdown", "the power-down did not pass"))
             raise _Done
-        vm2 = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, root=img[0].path, disks=disks, log_dir=logs,
+        vm2 = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
                     tag="boot2")
         with vm2:
             c2 = checks.Compute(vm=vm2, host_port=vm2.host_port, log=logs / "host.log", arch=arch, accel=acc.name)

@@ -10,6 +10,7 @@ import pytest
 from harness import oci, release
 from harness.arch import ARCHES
 from harness.boot import run as boottest
+from harness.compute import run as compute
 from harness.errors import BuildFailed, QemuDied, ToolMissing
 from harness.kernel import build
 from harness.tools import image as toolsimage
@@ -28,7 +29,7 @@ def outroot(tmp_path, monkeypatch):
 @pytest.fixture
 def fakes(monkeypatch, outroot):
     """Fake build/tools/inspect/boot steps; `state` says which fail and how."""
-    state = {"build_fail": set(), "inspect_ok": True, "boot": {}, "oci_error": None}
+    state = {"build_fail": set(), "inspect_ok": True, "boot": {}, "compute": {}, "oci_error": None}
 
     def fake_build(req):
         if req.arch.name in state["build_fail"]:
@@ -70,6 +71,13 @@ def fakes(monkeypatch, outroot):
         (out / "boot" / "results.json").write_text("{}")
         return outcome
 
+    def fake_compute(arch, out, kernel="ours"):
+        assert kernel == "ours", "the gate runs the compute test on the kernel it releases"
+        (out / "compute").mkdir(exist_ok=True)
+        (out / "compute" / "results.json").write_text("{}")
+        return state["compute"].get(arch.name, True)
+
+    monkeypatch.setattr(compute, "compute_test", fake_compute)
     monkeypatch.setattr(build, "build", fake_build)
     monkeypatch.setattr(toolsimage, "build_tools_image", fake_tools)
     monkeypatch.setattr(inspect, "inspect_images", fake_inspect)
@@ -86,7 +94,9 @@ def _results(outroot):
 def test_all_pass_packages_both_arches(fakes, outroot):
     assert release.run(list(ARCHES.values())) == 0
     res = _results(outroot)
-    assert res["ok"] and res["summary"]["pass"] == 8
+    assert res["ok"] and res["summary"]["pass"] == 10
+    assert [c["name"] for c in res["checks"]][5:9] == ["boot-test-amd64", "boot-test-arm64", "compute-test-amd64",
+                                                        "compute-test-arm64"]
     assert [c["name"] for c in res["checks"]][-1] == "oci"
     assert res["meta"]["oci_index"] == "6.12.117-neonvm@sha256:" + "1" * 64
     rel = outroot / "release"
@@ -99,6 +109,7 @@ def test_all_pass_packages_both_arches(fakes, outroot):
     files = ("System.map", "config", "manifest.json", "tools-manifest.json", "tools.img", "vmlinuz")
     assert names == [prefix] + [f"{prefix}/{f}" for f in files]
     assert (rel / "results" / "amd64" / "boot" / "results.json").is_file()
+    assert (rel / "results" / "arm64" / "compute" / "results.json").is_file()
     assert (rel / "results" / "arm64" / "inspect" / "results.json").is_file()
     assert (rel / "oci" / "index.json").is_file()
     assert (rel / "SHA256SUMS").read_text().count("neonvm-kernel-") == 2
@@ -212,3 +223,14 @@ def test_publish_requires_the_gates_passing_verdict(fakes, outroot, capsys):
     fakes["boot"]["arm64"] = True
     assert release.run(list(ARCHES.values())) == 0
     release.require_passed(rel)
+
+
+def test_a_failed_compute_check_fails_the_gate(fakes, outroot):
+    fakes["compute"]["amd64"] = False
+    assert release.run(list(ARCHES.values())) == 1
+    res = _results(outroot)
+    by_name = {c["name"]: c for c in res["checks"]}
+    assert by_name["compute-test-amd64"]["status"] == "fail"
+    assert "compute/results.json" in by_name["compute-test-amd64"]["reason"]
+    assert by_name["oci"]["status"] == "skip"
+    assert not list((outroot / "release").glob("neonvm-kernel-*.tar"))
