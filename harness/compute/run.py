@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,8 +31,16 @@ from harness.report import CheckResult
 LOG = logging.getLogger(__name__)
 SHAPE = runner.Shape(cpus_min=1, cpus_max=2, mem_slot_mib=512, mem_slots_min=2, mem_slots_max=4, cpu_mode="sysfs")
 KERNELS = ("ours", "debian-cloud")
-CHECKS = ["image", "postgres-ready", "swap-active", "quota-edquot", "scale-under-load", "swap-under-pressure",
-          "perf-backend", "chrony-ptp", "powerdown", "durable-after-powerdown"]
+# The checks on the running guest between Postgres ready and the power-down, in order.
+RUNNING_CHECKS: list[tuple[str, Callable[[checks.Compute], Callable[[dict[str, Any]], None]]]] = [
+    ("swap-active", checks.swap_active),
+    ("quota-edquot", checks.quota_holds),
+    ("scale-under-load", checks.scale_under_load),
+    ("swap-under-pressure", checks.swap_under_pressure),
+    ("perf-backend", checks.perf_backend),
+    ("chrony-ptp", checks.chrony_ptp),
+]
+CHECKS = ["image", "postgres-ready", *(name for name, _ in RUNNING_CHECKS), "powerdown", "durable-after-powerdown"]
 
 
 def results_dir(out_dir: Path, kernel: str) -> Path:
@@ -117,10 +126,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
             if ready.status != "pass":
                 results += [skipped(n, "Postgres never became ready") for n in names[2:]]
                 raise _Done
-            for name, func in (("swap-active", checks.swap_active), ("quota-edquot", checks.quota_holds),
-                               ("scale-under-load", checks.scale_under_load),
-                               ("swap-under-pressure", checks.swap_under_pressure),
-                               ("perf-backend", checks.perf_backend), ("chrony-ptp", checks.chrony_ptp)):
+            for name, func in RUNNING_CHECKS:
                 with timed(durations, name):
                     results.append(run_check(name, func(c)))
             down = run_check("powerdown", checks.powerdown(c))

@@ -211,6 +211,8 @@ def build(req: BuildRequest) -> dict[str, Any]:
                     raise BuildFailed(f"make succeeded but {path} is missing", step="collect", log=build_log)
                 atomic_copy(path, out / name)
                 artifacts[name] = {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
+        from harness.tools import kbuild  # (kbuild reads manifests this module writes)
+
         record = {
             "arch": req.arch.name,
             "variant": req.variant.name,
@@ -229,6 +231,9 @@ def build(req: BuildRequest) -> dict[str, Any]:
             "durations": durations,
             "artifacts": artifacts,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # what the kernel baked in (make_env): the tools image, the tars and the OCI images use it too
+            "source_date_epoch": kbuild.source_date_epoch({}, src_tree),
+            "build_timestamp": make_env(src_tree)["KBUILD_BUILD_TIMESTAMP"],
         }
         manifest.write(out, record)
         LOG.info("built %s %s in %s", req.arch.name, release, out)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import textwrap
+import time
 
 import pytest
 from build_fakes import PATCH_NEW_FILE, VERSION, sha256, tool_bin
@@ -129,6 +130,9 @@ def test_successful_build_writes_a_complete_manifest(world, fake_tarball):
     assert set(manifest["toolchain"]) == {"cc", "ld", "make", "ccache"}
     assert manifest["toolchain"]["cc"].startswith("gcc") and manifest["toolchain"]["make"].startswith("GNU Make")
     assert set(manifest["durations"]) == {"source", "unpack+patch", "config", "make", "collect"}
+    makefile_mtime = int((world.trees / manifest["tree"] / "Makefile").stat().st_mtime)
+    assert manifest["source_date_epoch"] == makefile_mtime  # the date the kernel baked in
+    assert manifest["build_timestamp"] == time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(makefile_mtime))
     durations = manifest["durations"]
     assert all(isinstance(d, float) and 0 <= d < 60 for d in durations.values()), durations  # a fake tree
     assert durations["make"] > 0  # the fake make really ran (it writes every object)
