@@ -203,11 +203,24 @@ def init_layer(console: str) -> dict[str, tuple[str, int]]:
     }
 
 
+# Debian's cloud kernel has virtio_console as a module on arm64 (CONFIG_VIRTIO_CONSOLE=m): unless its
+# initramfs loads it, hvc0 does not exist when initramfs-tools hands /dev/console to the init, the
+# console is the PL011 (ACPI SPCR) and the init's output never reaches the runner's hvc0. The list is
+# written before the packages are configured (essential hook), so the initramfs made then has it.
+INITRAMFS_MODULES_FILE = "/usr/share/initramfs-tools/modules.d/neonvm"
+
+
+def initramfs_modules(arch: Arch) -> tuple[str, ...]:
+    return ("virtio_console",) if arch.console_device == "virtconsole" else ()
+
+
 def cache_key(arch: Arch) -> str:
     """What the image depends on: packages, suite, mirror, variant, init layer and hooks."""
     spec = {"arch": arch.debian_arch, "suite": SUITE, "mirror": MIRROR, "variant": VARIANT,
             "packages": sorted(packages(arch)), "layer": init_layer(arch.console), "customize": CUSTOMIZE,
             "headroom": HEADROOM_MIB, "label": ROOT_LABEL}
+    if initramfs_modules(arch):  # arm64 only: amd64's key (and cached image) stay as they are
+        spec["initramfs_modules"] = list(initramfs_modules(arch))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -279,6 +292,9 @@ def mmdebstrap_argv(arch: Arch, *, layer: Path, target: Path) -> list[str]:
             "--essential-hook=mkdir -p \"$1/etc/postgresql-common\"; "
             "echo 'create_main_cluster = false' > \"$1/etc/postgresql-common/createcluster.conf\"",
             f"--customize-hook=sync-in {layer} /"]
+    if modules := initramfs_modules(arch):
+        argv.insert(-1, f"--essential-hook=mkdir -p \"$1{Path(INITRAMFS_MODULES_FILE).parent}\" && printf '%s\\n' "
+                        f"{' '.join(modules)} > \"$1{INITRAMFS_MODULES_FILE}\"")
     argv += [f"--customize-hook={hook}" for hook in CUSTOMIZE]
     return [*argv, SUITE, str(target), MIRROR]
 
@@ -349,7 +365,7 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
             _prune(arch, keep=path)
             return RootImage(path, key, False, seconds, meta)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_work(work, log=log)
 
 
 def _prune(arch: Arch, *, keep: Path) -> None:
@@ -362,3 +378,30 @@ def _prune(arch: Arch, *, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def mounts_under(path: Path, mounts_text: str | None = None) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mounts), deepest first."""
+    text = mounts_text if mounts_text is not None else Path("/proc/self/mounts").read_text()
+    root = str(path.resolve())
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            point = fields[1].replace("\\040", " ")
+            if point == root or point.startswith(root + "/"):
+                found.append(point)
+    return sorted(found, key=lambda m: m.count("/"), reverse=True)
+
+
+def _remove_work(work: Path, *, log: Path) -> None:
+    """Remove the build's scratch tree. A killed mmdebstrap can leave the chroot's /proc, /sys and
+    /dev mounted in it; they are unmounted first, and while any stays mounted nothing is deleted
+    (deleting through a bind mount of /dev would delete the host's device nodes)."""
+    for point in mounts_under(work):
+        proc.run(["umount", "--lazy", point], step="compute-image", log=log, timeout=60, check=False)
+    left = mounts_under(work)
+    if left:
+        LOG.warning("not removing %s: still mounted there: %s", work, ", ".join(left))
+        return
+    shutil.rmtree(work, ignore_errors=True)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import ccache, foreign, layout, oci, proc
-from harness.arch import ARCHES
+from harness import ccache, layout, oci
+from harness.arch import ARCHES, get_arch
+from harness.compute import binfmt
+from harness.errors import InfraError
 from harness.kernel import build
 
 pytestmark = pytest.mark.integration
@@ -116,39 +118,16 @@ def test_init_container_cp_amd64(smoke_layout, smoke_tools, tmp_path):
 
 def _qemu_aarch64() -> tuple[list[str], str]:
     """How to run an arm64 binary inside a chroot here: ([], why) through binfmt_misc, or the static
-    qemu-aarch64 to copy in. Falls back to qemu-user-static's binary from Debian's archive, fetched
-    once into the cache (one file kept of the 60 MB package; the host's packages are not touched)."""
+    qemu-aarch64 to copy in: installed, or qemu-user-static's binary from Debian's archive fetched once
+    into the cache (harness.compute.binfmt, which the arm64 compute image uses too)."""
     if Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
         return [], "binfmt_misc"
-    for name in ("qemu-aarch64-static", "qemu-aarch64"):
-        found = shutil.which(name)
-        if found and "static" in subprocess.run(["file", "-L", found], capture_output=True, text=True).stdout:
-            return [found], name
-    cached = layout.cache_root() / "qemu-user" / "qemu-aarch64-static"
-    if not cached.is_file():
-        apt = foreign.foreign_dir("amd64") / "apt"
-        for d in (apt / "lists" / "partial", apt / "cache" / "archives" / "partial"):
-            d.mkdir(parents=True, exist_ok=True)
-        log = cached.parent / "fetch.log"
-        work = cached.parent / "work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            opts = foreign.apt_options("amd64", apt)
-            proc.run(["apt-get", *opts, "update"], step="qemu-user", log=log, timeout=300)
-            proc.run(["apt-get", *opts, "download", "qemu-user-static"], step="qemu-user", log=log, cwd=work,
-                     timeout=600)
-            (deb,) = work.glob("qemu-user-static_*.deb")
-            member = "./usr/bin/qemu-aarch64-static"
-            proc.run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -xf - -C '{work}' {member}"],
-                     step="qemu-user", log=log, timeout=300)
-            os.replace(work / "usr/bin/qemu-aarch64-static", cached)
-        except Exception as exc:  # no archive reachable: an unpack-only proof, said so
-            pytest.skip(f"no way to run arm64 code here (no binfmt_misc, no qemu-user-static; fetching it failed: "
-                        f"{exc}); the arm64 image was unpacked and checked, its cp not run")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return [str(cached)], "qemu-user-static from Debian's archive (cached)"
+    try:
+        path = binfmt.qemu_user_static(binfmt.handler(get_arch("arm64")))
+    except InfraError as exc:  # no archive reachable: an unpack-only proof, said so
+        pytest.skip(f"no way to run arm64 code here (no binfmt_misc, no qemu-user-static; fetching it failed: "
+                    f"{exc}); the arm64 image was unpacked and checked, its cp not run")
+    return [str(path)], f"static qemu-aarch64 ({path})"
 
 
 def test_init_container_cp_arm64(smoke_layout, smoke_tools, tmp_path):

@@ -202,3 +202,32 @@ def test_cpu_online_rule_stands_aside_in_sysfs_mode():
     first, second = rule.splitlines()
     assert 'IMPORT{cmdline}="maxcpus"' in first
     assert 'ENV{maxcpus}==""' in second and second.endswith('ATTR{online}="1"')
+
+
+def test_mounts_left_by_a_killed_build_are_found_deepest_first(tmp_path):
+    work = tmp_path / "compute-image-x"
+    mounts = "\n".join([
+        "proc /proc proc rw 0 0",
+        f"proc {work}/tree/proc proc rw 0 0",
+        f"udev {work}/tree/dev devtmpfs rw 0 0",
+        f"devpts {work}/tree/dev/pts devpts rw 0 0",
+        f"tmpfs {tmp_path}/compute-image-xy tmpfs rw 0 0",  # a sibling with the same prefix: not ours
+    ])
+    got = image.mounts_under(work, mounts)
+    assert got[0] == f"{work}/tree/dev/pts" and set(got) == {f"{work}/tree/proc", f"{work}/tree/dev",
+                                                              f"{work}/tree/dev/pts"}
+
+
+def test_scratch_tree_with_a_mount_left_is_not_deleted(tmp_path, monkeypatch):
+    work = tmp_path / "w"
+    (work / "tree" / "dev").mkdir(parents=True)
+    (work / "tree" / "dev" / "null").write_text("a host device node, seen through a bind mount")
+    calls = []
+    monkeypatch.setattr(image.proc, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr(image, "mounts_under", lambda path, text=None: [f"{work}/tree/dev"])
+    image._remove_work(work, log=tmp_path / "log")
+    assert calls == [["umount", "--lazy", f"{work}/tree/dev"]]
+    assert (work / "tree" / "dev" / "null").is_file()  # still mounted: nothing deleted
+    monkeypatch.setattr(image, "mounts_under", lambda path, text=None: [])
+    image._remove_work(work, log=tmp_path / "log")
+    assert not work.exists()

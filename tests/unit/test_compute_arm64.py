@@ -100,6 +100,17 @@ def test_mmdebstrap_argv_for_arm64():
     assert image.image_path(ARM64).name.startswith("root-arm64-")
 
 
+def test_debian_cloud_initramfs_loads_virtio_console_on_arm64_only():
+    # Debian's arm64 cloud kernel has virtio_console as a module: without it in the initramfs the
+    # init's /dev/console is the PL011, not the runner's hvc0
+    hooks = [a for a in image.mmdebstrap_argv(ARM64, layer=Path("/L"), target=Path("/T"))
+             if a.startswith("--essential-hook=")]
+    assert hooks[1] == ("--essential-hook=mkdir -p \"$1/usr/share/initramfs-tools/modules.d\" && "
+                        "printf '%s\\n' virtio_console > \"$1/usr/share/initramfs-tools/modules.d/neonvm\"")
+    amd64 = image.mmdebstrap_argv(AMD64, layer=Path("/L"), target=Path("/T"))
+    assert image.initramfs_modules(AMD64) == () and not any("initramfs-tools/modules.d" in a for a in amd64)
+
+
 class _Built(Exception):
     pass
 
