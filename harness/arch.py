@@ -25,6 +25,7 @@ class Arch:
     qemu_machine: str
     qemu_cpu_tcg: str
     qemu_cpu_kvm: str
+    qemu_cpu_runner_tcg: str  # the compute VM under TCG: the runner's -cpu max (arm64: a faster max)
     console: str  # kernel console= device, as the NeonVM runner sets it
     console_device: str  # "serial": the console is the second UART (-serial null -serial ...), the
     #                      runner's layout; "virtconsole": a virtio console (hvc0) on virtio-serial
@@ -81,6 +82,7 @@ ARCHES: dict[str, Arch] = {
         qemu_machine="q35",
         qemu_cpu_tcg="qemu64",
         qemu_cpu_kvm="host",
+        qemu_cpu_runner_tcg="max",  # RDRAND among others: the guest's crng is seeded at boot, as under KVM
         console="ttyS1",
         console_device="serial",
         firmware=None,
@@ -117,6 +119,7 @@ ARCHES: dict[str, Arch] = {
         qemu_machine="virt",
         qemu_cpu_tcg="max,pauth-impdef=on",  # QARMA pointer auth is slow to emulate
         qemu_cpu_kvm="host",
+        qemu_cpu_runner_tcg="max,pauth-impdef=on",
         console="hvc0",
         console_device="virtconsole",
         firmware="/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",

@@ -37,7 +37,7 @@ QUOTA_WRITE_MIB = 320  # more than the project quota (runner.QUOTA_MIB), less th
 PGBENCH_SCALE = 4  # pgbench -i -s: 400k accounts, about 60 MiB
 PGBENCH_CLIENTS = 4
 PGBENCH_RUN_SECONDS = 10  # the load is back-to-back runs of this length, each one's summary checked
-SWAP_PUSH_MIB = 96  # the memory hog asks for MemAvailable plus this much: at least that goes to swap
+SWAP_PUSH_MIB = 64  # the memory hog asks for MemAvailable plus this much: at least that goes to swap
 PERF_SECONDS = 4
 CHRONY_SYNC_TIMEOUT = 120.0
 

@@ -68,8 +68,17 @@ class ComputeVm(Vm):
                                 initrd=self.spec.initrd)
 
 
-def _boot(arch: Arch, acc: Accel, *, kernel: Path, initrd: Path | None, disks: runner.Disks, log_dir: Path,
+def kernel_files(kernel: str, arch: Arch, out_dir: Path, img: image.RootImage) -> tuple[Path, Path | None, str]:
+    """(vmlinuz, initrd or None, release) of ``kernel``: the build in ``out_dir``, or Debian's from the image."""
+    if kernel == "debian-cloud":
+        cloud = img.cloud_kernel
+        return cloud.vmlinuz, cloud.initrd, cloud.release
+    return out_dir / "vmlinuz", None, manifest.read(out_dir, arch, step="compute-test").kernelrelease
+
+
+def boot(arch: Arch, acc: Accel, *, kernel: Path, initrd: Path | None, disks: runner.Disks, log_dir: Path,
           tag: str) -> ComputeVm:
+    """The compute VM for one boot (entered with ``with``): the runner's shape, disks and argv."""
     spec = VmSpec(arch=arch, kernel=kernel, initrd=initrd, accel=acc, name=f"neonvm-compute-{tag}")
     return ComputeVm(spec, log_dir=log_dir, tag=tag, shape=SHAPE, disks=disks, host_port=runner.free_port())
 
@@ -106,16 +115,12 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
         if not img:
             results += [skipped(n, "no root image (see check image)") for n in names[1:]]
             raise _Done
-        vmlinuz, initrd = out_dir / "vmlinuz", None
-        if kernel == "debian-cloud":
-            cloud = img[0].cloud_kernel
-            vmlinuz, initrd = cloud.vmlinuz, cloud.initrd
-            meta["kernelrelease"] = cloud.release
+        vmlinuz, initrd, meta["kernelrelease"] = kernel_files(kernel, arch, out_dir, img[0])
         with timed(durations, "disks"):
             disks = runner.make_disks(res_dir / "disks", arch, img[0].path, tools=out_dir / "tools.img",
                                       log=logs / "disks.log")
         token = ""
-        vm = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
+        vm = boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
                    tag="boot1")
         with vm:
             meta["kernel_cmdline"] = runner.kernel_cmdline(arch, SHAPE)
@@ -135,7 +140,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
         if not token:
             results.append(skipped("durable-after-powerdown", "the power-down did not pass"))
             raise _Done
-        vm2 = _boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
+        vm2 = boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs,
                     tag="boot2")
         with vm2:
             c2 = checks.Compute(vm=vm2, host_port=vm2.host_port, log=logs / "host.log", arch=arch, accel=acc.name)

@@ -89,7 +89,7 @@ def qemu_argv(arch: Arch, shape: Shape, *, kernel: Path, disks: Disks, accel: st
               name: str = "neonvm-compute", cmdline_extra: tuple[str, ...] = (),
               initrd: Path | None = None) -> list[str]:
     """QEMU's argv for the compute VM, the runner's shape with the harness's sockets."""
-    cpu = arch.qemu_cpu_kvm if accel == "kvm" else arch.qemu_cpu_tcg
+    cpu = arch.qemu_cpu_kvm if accel == "kvm" else arch.qemu_cpu_runner_tcg
     argv = [arch.qemu_binary, "-name", name, "-machine", arch.qemu_machine, "-accel", accel, "-cpu", cpu,
             "-nodefaults", "-no-reboot", "-no-user-config", "-display", "none", "-audiodev", "none,id=snd0",
             "-msg", "timestamp=on",
