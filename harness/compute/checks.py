@@ -53,6 +53,7 @@ class Compute:
     accel: str = "tcg"
     cpu_mode: str = "sysfs"
     virtio_mem_mib: int = 0  # the device's maximum (the runner's SLOT * (MAX - MIN))
+    tools_attached: bool = False  # tools.img is one of the VM's disks (mounted by label at /neonvm/tools)
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     powered_off: bool = False
 
@@ -248,7 +249,23 @@ class PgbenchLoad:
         self._stop.set()
         self._thread.join(timeout=self.seconds + 180)
 
+    def wait_backends(self, *, timeout: float = 60.0) -> str:
+        """Wait (deadline ``timeout`` s) until every pgbench client has a backend; their pids, comma-separated."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.c.psql("select string_agg(pid::text, ',') from pg_stat_activity "
+                               "where application_name = 'pgbench'", step=self.step)
+            if len(pids.split(",")) >= PGBENCH_CLIENTS and pids:
+                return pids
+            if time.monotonic() > deadline or (self.runs and not self._thread.is_alive()):
+                raise CheckFailed(f"pgbench's {PGBENCH_CLIENTS} clients were not all connected within "
+                                  f"{timeout:.0f}s (backends: {pids or 'none'}; runs: {self.runs[-1:]})",
+                                  step=self.step, log=self.c.log)
+            time.sleep(0.2)
+
     def problems(self) -> list[str]:
+        if not self.runs:
+            return ["no pgbench run finished"]
         bad = []
         for i, r in enumerate(self.runs, 1):
             if "error" in r:
@@ -313,7 +330,7 @@ def scale_under_load(c: Compute) -> Callable[[Evidence], None]:
         g.sh("dmesg -c > /dev/null", step=step)  # from here on, dmesg is this check's
         rounds: list[dict[str, Any]] = []
         with PgbenchLoad(c, step=step) as load:
-            time.sleep(2)  # the first run is connected before the first resize
+            ev["backends"] = load.wait_backends()  # the load is on before the first resize
             for i, target in enumerate(plan):
                 rec = resize_virtio_mem(g, target, step)
                 rounds.append(rec)
@@ -334,7 +351,7 @@ def scale_under_load(c: Compute) -> Callable[[Evidence], None]:
                     rec["cpus_online"] = sorted(_set_cpu(g, cpu, i % 2 == 0, step))
             if spare:
                 _set_cpu(g, spare[0], False, step)
-            time.sleep(2)  # the run in progress sees the last resize too
+            load.wait_backends()  # the load is still on after the last resize
         ev["pgbench"] = load.summary()
         ev["pgbench_runs"] = load.runs
         bad = load.problems()
@@ -390,7 +407,6 @@ def swap_under_pressure(c: Compute) -> Callable[[Evidence], None]:
                                            "/proc/meminfo", step=step).strip())
             hog_alive = g.console.run(f"kill -0 {pid}", step=step, check=False)[0] == 0
             g.sh(f"kill {pid} 2>/dev/null; true", step=step)
-            time.sleep(2)
         after = _vmstat(g, step)
         if "pswpout" in after:
             ev["pswpout"] = after["pswpout"] - before.get("pswpout", 0)
@@ -437,17 +453,14 @@ def perf_backend(c: Compute) -> Callable[[Evidence], None]:
         g = c.guest
         perf = "/neonvm/tools/bin/perf"
         if g.console.run(f"[ -x {perf} ]", step=step, check=False)[0] != 0:
-            if c.vm.spec.tools_img is None and not g.console.run("mountpoint -q /neonvm/tools", step=step,
-                                                                 check=False)[0] == 0:
+            if not c.tools_attached:
                 raise Skip("no tools.img attached (build it with the kernel: --tools)")
-            raise CheckFailed(f"tools.img is mounted but {perf} is not there", step=step)
+            mounted = g.console.run("mountpoint -q /neonvm/tools", step=step, check=False)[0] == 0
+            raise CheckFailed(f"tools.img is attached but {perf} is not there"
+                              + ("" if mounted else " (/neonvm/tools is not mounted: see mounts.sh)"), step=step)
         # one run outlasts the recording: the backends perf attaches to are the ones it finds
-        with PgbenchLoad(c, step=step, seconds=PERF_SECONDS + 30):
-            time.sleep(3)
-            pids = c.psql("select string_agg(pid::text, ',') from pg_stat_activity "
-                          "where application_name = 'pgbench'", step=step)
-            if not pids:
-                raise InfraError("no pgbench backend in pg_stat_activity", step=step)
+        with PgbenchLoad(c, step=step, seconds=PERF_SECONDS + 30) as load:
+            pids = load.wait_backends()
             ev["backends"] = pids
             rc, out = g.console.run(f"{perf} record -g -o /tmp/perf.data -p {pids} -- sleep {PERF_SECONDS} "
                                     "2>&1 | tail -n 3", step=step, timeout=120, check=False)

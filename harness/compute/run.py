@@ -125,7 +125,8 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
         with vm:
             meta["kernel_cmdline"] = runner.kernel_cmdline(arch, SHAPE)
             c = checks.Compute(vm=vm, host_port=vm.host_port, log=logs / "host.log", arch=arch, accel=acc.name,
-                               cpu_mode=SHAPE.cpu_mode, virtio_mem_mib=SHAPE.virtio_mem_mib)
+                               cpu_mode=SHAPE.cpu_mode, virtio_mem_mib=SHAPE.virtio_mem_mib,
+                               tools_attached=disks.tools is not None)
             ready = run_check("postgres-ready", checks.postgres_ready(c))
             results.append(ready)
             if ready.status != "pass":

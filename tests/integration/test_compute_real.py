@@ -44,7 +44,8 @@ def test_compute_guest(amd64_out, kernel):
         assert "cloud" in data["meta"]["kernelrelease"]
     scale = by_name["scale-under-load"]["evidence"]
     assert [r["target_mib"] for r in scale["rounds"]] == [512, 0, 1024, 256, 0]
-    assert scale["pgbench"]["runs"] >= 2 and scale["pgbench"]["failed"] == 0
+    assert scale["pgbench"]["runs"] >= 1 and scale["pgbench"]["failed"] == 0
+    assert len(scale["backends"].split(",")) == 4  # every client connected before the first resize
     assert by_name["swap-under-pressure"]["evidence"]["swap_used_kib"] > 0
     perf = by_name["perf-backend"]["evidence"]
     assert perf["kernel_frames"] > 0 and perf["postgres_frames"] > 0

@@ -40,6 +40,8 @@ def test_load_verdict_names_the_bad_run():
     assert load.summary() == {"runs": 4, "transactions": 15, "failed": 2, "tps_min": 0.0, "tps_mean": 0.5}
     load.runs = [{"processed": 10, "failed": 0, "tps": 1.0}]
     assert load.problems() == []
+    load.runs = []
+    assert load.problems() == ["no pgbench run finished"]  # no summary looked at is not a pass
 
 
 @pytest.mark.parametrize(("max_mib", "plan"), [(1024, [512, 0, 1024, 256, 0]), (24, [8, 0, 24, 8, 0]), (0, [])])
@@ -60,3 +62,22 @@ def test_perf_frames_counts_kernel_and_postgres_frames():
     ])
     assert checks.perf_frames(script) == {"samples": 2, "kernel_frames": 1, "postgres_frames": 2}
     assert checks.perf_frames("")["samples"] == 0
+
+
+class _FakeCompute:
+    def __init__(self, answers):
+        self.answers, self.log = list(answers), None
+
+    def psql(self, sql, *, step):
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_wait_backends_waits_for_every_client_then_names_them():
+    load = checks.PgbenchLoad(_FakeCompute(["", "11", "11,12,13,14"]), step="t")
+    assert load.wait_backends(timeout=5) == "11,12,13,14"
+
+
+def test_wait_backends_fails_when_the_clients_never_connect():
+    load = checks.PgbenchLoad(_FakeCompute(["11"]), step="t")
+    with pytest.raises(checks.CheckFailed, match="not all connected"):
+        load.wait_backends(timeout=0.5)
