@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import fsutil, layout, proc
 from harness.arch import Arch
@@ -45,7 +46,7 @@ def apt_options(debian_arch: str, apt: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _waiting_lock(path: Path, *, step: str, what: str, wait: float = LOCK_WAIT):
+def _waiting_lock(path: Path, *, step: str, what: str, wait: float = LOCK_WAIT) -> Iterator[None]:
     """An exclusive lock that waits (a fetch takes seconds) instead of refusing at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
@@ -122,7 +123,7 @@ def unpacked(arch: Arch, name: str, packages: Sequence[str], *, verify: Callable
     return Unpacked(root, tuple(debs))
 
 
-def _read_stamp(path: Path) -> dict | None:
+def _read_stamp(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

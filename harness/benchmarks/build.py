@@ -28,7 +28,7 @@ from harness.kernel.patches import Series
 from harness.layout import cache_root
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="amd64")
     ap.add_argument("--variant", default="smoke")

@@ -21,6 +21,7 @@ from harness.arch import ARCHES, get_arch
 from harness.boot import initramfs
 from harness.boot import run as boottest
 from harness.boot.checks import Guest, memory_stress
+from harness.boot.checks.memory_hotplug import memtotal
 from harness.boot.vm import Vm, detect_accel
 from harness.errors import HarnessError
 
@@ -65,7 +66,7 @@ def measure(arch_name: str, rounds: int, workdir: Path) -> dict[str, Any]:
         if guest is None:
             raise HarnessError(f"{arch.name} did not boot: {boot.reason}", step=STEP)
         idle = _cycle(guest, rounds)
-        total = memory_stress.memtotal(guest, STEP)
+        total = memtotal(guest, STEP)
         load = memory_stress.start_load(guest, STEP, hog_mib=int(total / 1024 * memory_stress.HOG_FRACTION))
         try:
             loaded = _cycle(guest, rounds)

@@ -37,12 +37,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness import fsutil, layout
 from harness.arch import Arch
 from harness.boot import initramfs
 from harness.boot.vm import Vm, VmSpec, qemu_argv
 from harness.errors import HarnessError, InfraError, InvalidArgument
+
+if TYPE_CHECKING:
+    from harness.boot.console import Console
 
 LOG = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ READY_RE = re.compile(re.escape(initramfs.READY_MARKER) + r" (\S+)\r?\n")
 class AcpiTableError(InfraError):
     """A captured or cached ACPI table is truncated, wrong or cannot be rewritten."""
 
-    def __init__(self, message: str, *, step: str = STEP, log=None):
+    def __init__(self, message: str, *, step: str = STEP, log: Path | None = None) -> None:
         super().__init__(message, step=step, log=log)
 
 
@@ -247,7 +251,7 @@ def _opt(shape: list[str], flag: str) -> str:
     return shape[shape.index(flag) + 1] if flag in shape else "?"
 
 
-def source_line(source: dict) -> str:
+def source_line(source: dict[str, Any]) -> str:
     shape = source["argv"]
     version = source["qemu"].removeprefix("QEMU emulator version ")
     devices = sum(1 for a in shape if a == "-device")
@@ -260,7 +264,7 @@ def source_line(source: dict) -> str:
 class Captured:
     tables: dict[str, bytes]  # QEMU's own, validated
     dir: Path  # the cache entry
-    source: dict  # qemu, argv (shape), kernel, captured_at, console_log
+    source: dict[str, Any]  # qemu, argv (shape), kernel, captured_at, console_log
     fresh: bool  # captured by this call (not from the cache)
 
 
@@ -286,7 +290,7 @@ def _hex_bytes(text: str, name: str) -> bytes:
         raise AcpiTableError(f"{name}: the guest's od output is not hex bytes: {text[:120]!r}") from None
 
 
-def read_guest_tables(console, *, step: str = STEP) -> dict[str, bytes]:
+def read_guest_tables(console: Console, *, step: str = STEP) -> dict[str, bytes]:
     """Read FACP and APIC from a booted guest's sysfs (busybox od), validated."""
     tables = {}
     for sig in TABLES:
@@ -327,7 +331,7 @@ class Override:
     early_cpio: Path
     tables: dict[str, bytes]  # the replacements
     changed: list[MadtEntry]
-    meta: dict = field(default_factory=dict)  # for results.json and cpu-qmp's evidence
+    meta: dict[str, Any] = field(default_factory=dict)  # for results.json and cpu-qmp's evidence
 
 
 def _sha256_files(*paths: Path) -> str:
@@ -380,7 +384,7 @@ def override(spec: VmSpec, *, qemu_version: str, log_dir: Path, boot_timeout: fl
     return Override(initrd=initrd, early_cpio=early, tables=tables, changed=changed, meta=meta)
 
 
-def apply(spec: VmSpec, *, qemu_version: str, log_dir: Path, boot_timeout: float) -> tuple[VmSpec, dict]:
+def apply(spec: VmSpec, *, qemu_version: str, log_dir: Path, boot_timeout: float) -> tuple[VmSpec, dict[str, Any]]:
     """``spec`` booting the override initrd, and the meta to record; on failure ``spec`` unchanged
     and ``{"error": ...}`` (cpu-qmp then reports it; the other checks run on QEMU's own tables)."""
     try:

@@ -42,7 +42,8 @@ MAX_COMMAND = 512  # characters in one command line sent to the guest's shell
 class GuestCrashed(KernelError):
     """The console showed a kernel failure pattern (panic, oops, BUG, WARNING, call trace)."""
 
-    def __init__(self, message: str, *, step: str, log=None, tail: list[str] | None = None):
+    def __init__(self, message: str, *, step: str, log: Path | None = None,
+                 tail: list[str] | None = None) -> None:
         super().__init__(message, step=step, log=log)
         self.tail = tail or []
 
@@ -50,7 +51,8 @@ class GuestCrashed(KernelError):
 class GuestTimeout(KernelError):
     """The guest did not show what was awaited before the deadline."""
 
-    def __init__(self, message: str, *, step: str, log=None, tail: list[str] | None = None):
+    def __init__(self, message: str, *, step: str, log: Path | None = None,
+                 tail: list[str] | None = None) -> None:
         super().__init__(message, step=step, log=log)
         self.tail = tail or []
 
@@ -100,8 +102,8 @@ class Console:
         return lines[-n:]
 
     # -- waiting ---------------------------------------------------------------------------------
-    def wait(self, pattern: str | re.Pattern, *, timeout: float, step: str, what: str = "",
-             watch: bool = True, scaled: bool = True) -> re.Match:
+    def wait(self, pattern: str | re.Pattern[str], *, timeout: float, step: str, what: str = "",
+             watch: bool = True, scaled: bool = True) -> re.Match[str]:
         """Wait for ``pattern``; raise GuestCrashed, GuestTimeout or ``on_eof()``'s error."""
         if self.crashed:
             raise GuestCrashed(f"kernel panicked earlier: {self.crashed}", step=step, log=self.log,
@@ -114,7 +116,8 @@ class Console:
         except OSError as exc:  # e.g. ECONNRESET: QEMU was killed
             raise self.on_eof() from exc
         if idx == 0:
-            return self.child.match
+            match: re.Match[str] = self.child.match
+            return match
         if watch and idx == 1:
             first = self.child.match.group(0).strip()
             self._collect_report()

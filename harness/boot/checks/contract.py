@@ -27,6 +27,7 @@ from harness.boot.checks.tools_in_guest import mounted_tools
 from harness.boot.console import GuestTimeout
 from harness.boot.initramfs import CONTRACT_PATTERNS, POWER_MARKER
 from harness.boot.vm import GUEST_HOSTNAME, GUEST_IP, GUEST_NETDEV, LOG_PORT_NAME
+from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
 from harness.kernel import contract as contract_mod
 
@@ -68,7 +69,7 @@ def parse_probe(output: str) -> dict[str, ProbeItem]:
     return items
 
 
-def _contract():
+def _contract() -> contract_mod.Contract:
     return contract_mod.load()
 
 
@@ -85,7 +86,7 @@ def _fail(guest: Guest, proof: str, symptom: str, step: str) -> CheckFailed:
 
 
 # -- the probe ------------------------------------------------------------------------------------
-def probe(guest: Guest, ev: dict) -> None:
+def probe(guest: Guest, ev: Evidence) -> None:
     step = "contract-probe"
     rc, out = guest.console.run(f"{PROBE} all {CORE_DIR} 2>&1", step=step, timeout=60, check=False)
     items = parse_probe(out)
@@ -107,7 +108,7 @@ def probe(guest: Guest, ev: dict) -> None:
 
 
 # -- the running kernel's own config ---------------------------------------------------------------
-def running_config(guest: Guest, ev: dict) -> None:
+def running_config(guest: Guest, ev: Evidence) -> None:
     step = "contract-config"
     from harness.kernel.kconfig import parse_config_text
 
@@ -141,7 +142,7 @@ def running_config(guest: Guest, ev: dict) -> None:
 
 
 # -- the runner's data disk ------------------------------------------------------------------------
-def prjquota(guest: Guest, ev: dict) -> None:
+def prjquota(guest: Guest, ev: Evidence) -> None:
     step = "contract-prjquota"
     if not guest.data_disk:
         raise InfraError("the boot test attached no data disk", step=step)
@@ -178,7 +179,7 @@ def prjquota(guest: Guest, ev: dict) -> None:
 
 
 # -- ip= -------------------------------------------------------------------------------------------
-def ip_pnp(guest: Guest, ev: dict) -> None:
+def ip_pnp(guest: Guest, ev: Evidence) -> None:
     step = "contract-ip-pnp"
     addr = guest.sh(f"ip -4 addr show dev {GUEST_NETDEV} 2>&1; true", step=step)
     ev["ip_addr"] = addr.strip().splitlines()
@@ -194,7 +195,7 @@ def ip_pnp(guest: Guest, ev: dict) -> None:
 
 
 # -- the wall clock --------------------------------------------------------------------------------
-def rtc(guest: Guest, ev: dict) -> None:
+def rtc(guest: Guest, ev: Evidence) -> None:
     step = "contract-rtc"
     rc, _ = guest.console.run("[ -e /dev/rtc0 ]", step=step, check=False)
     ev["dev_rtc0"] = rc == 0
@@ -210,7 +211,7 @@ def rtc(guest: Guest, ev: dict) -> None:
 
 
 # -- the runner's log port -------------------------------------------------------------------------
-def log_port(guest: Guest, ev: dict) -> None:
+def log_port(guest: Guest, ev: Evidence) -> None:
     step = "contract-log-port"
     names = guest.sh("for p in /sys/class/virtio-ports/*; do [ -e $p/name ] && echo $(basename $p) $(cat $p/name);"
                      " done; true", step=step)
@@ -236,7 +237,7 @@ def log_port(guest: Guest, ev: dict) -> None:
 PERF_WORKLOAD = "/bin/busybox sh -c 'i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done'"
 
 
-def perf(guest: Guest, ev: dict) -> None:
+def perf(guest: Guest, ev: Evidence) -> None:
     step = "contract-perf"
     with mounted_tools(guest, ev, step=step) as perf_bin:
         rc, out = guest.console.run(f"{perf_bin} record -q -g -o /tmp/perf.data -- {PERF_WORKLOAD} 2>&1",
@@ -264,7 +265,7 @@ def perf(guest: Guest, ev: dict) -> None:
 
 
 # -- graceful shutdown (last: the VM is gone afterwards) ----------------------------------------------
-def powerdown(guest: Guest, ev: dict) -> None:
+def powerdown(guest: Guest, ev: Evidence) -> None:
     step = "contract-powerdown"
     rc, out = guest.console.run("pidof acpid", step=step, check=False)
     if rc != 0:
@@ -299,7 +300,7 @@ def _skip_without_tools(guest: Guest) -> None:
         raise Skip("tools.img does not exist (tools optional; --require-tools makes this a failure)")
 
 
-def perf_check(guest: Guest, ev: dict) -> None:
+def perf_check(guest: Guest, ev: Evidence) -> None:
     _skip_without_tools(guest)
     perf(guest, ev)
 

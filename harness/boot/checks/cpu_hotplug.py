@@ -22,6 +22,7 @@ import re
 import time
 
 from harness.boot.checks import Check, Guest, Skip, cpu_list
+from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _fmt(cpus: set[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus)) or "-"
 
 
-def _scheduler_agrees(guest: Guest, step: str, ev: dict, key: str) -> set[int]:
+def _scheduler_agrees(guest: Guest, step: str, ev: Evidence, key: str) -> set[int]:
     online = _cpus(guest, "online", step)
     nproc = int(guest.sh("nproc", step=step).strip())
     ev[f"{key}_online"] = _fmt(online)
@@ -60,21 +61,21 @@ def _pinned_run(guest: Guest, cpu: int, step: str) -> tuple[int, str]:
     return rc, out.strip()
 
 
-def _expect_runs_on(guest: Guest, cpu: int, step: str, ev: dict) -> None:
+def _expect_runs_on(guest: Guest, cpu: int, step: str, ev: Evidence) -> None:
     rc, out = _pinned_run(guest, cpu, step)
     ev[f"pinned_task_cpu{cpu}"] = out
     if rc != 0 or out.splitlines()[-1:] != [str(cpu)]:
         raise CheckFailed(f"a task pinned to CPU {cpu} did not run there (exit {rc}: {out[:100]!r})", step=step)
 
 
-def _expect_not_schedulable(guest: Guest, cpu: int, step: str, ev: dict) -> None:
+def _expect_not_schedulable(guest: Guest, cpu: int, step: str, ev: Evidence) -> None:
     rc, out = _pinned_run(guest, cpu, step)
     ev[f"pinned_task_offline_cpu{cpu}"] = f"exit {rc}: {out[:100]}"
     if rc == 0:
         raise CheckFailed(f"a task could still be pinned to offline CPU {cpu}: {out[:100]!r}", step=step)
 
 
-def sysfs(guest: Guest, ev: dict) -> None:
+def sysfs(guest: Guest, ev: Evidence) -> None:
     step = "cpu-sysfs"
     present = _cpus(guest, "present", step)
     before = _scheduler_agrees(guest, step, ev, "boot")
@@ -98,7 +99,7 @@ def sysfs(guest: Guest, ev: dict) -> None:
     _expect_not_schedulable(guest, targets[-1], step, ev)
 
 
-def _acpi_override(guest: Guest, ev: dict, step: str) -> str | None:
+def _acpi_override(guest: Guest, ev: Evidence, step: str) -> str | None:
     """Record the ACPI override the boot used (if any); the reason it was not used, else None."""
     acpi = guest.options.get("acpi_override")
     if not acpi:
@@ -117,7 +118,7 @@ def _acpi_override(guest: Guest, ev: dict, step: str) -> str | None:
     return ""
 
 
-def qmp(guest: Guest, ev: dict) -> None:
+def qmp(guest: Guest, ev: Evidence) -> None:
     step = "cpu-qmp"
     why_not = _acpi_override(guest, ev, step)
     m = TOPOLOGY_RE.search(guest.boot_dmesg)

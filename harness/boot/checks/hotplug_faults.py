@@ -19,6 +19,7 @@ from harness.boot.checks import Check, Guest
 from harness.boot.checks.memory_hotplug import MIB, VIRTIO_MEM_QOM, memtotal, set_requested, wait_memtotal
 from harness.boot.console import scan_failures
 from harness.boot.vm import VIRTIO_MEM_ID
+from harness.check import Evidence
 from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def injection_commands(start: int, end: int, *, times: int = INJECT_TIMES) -> li
     return [f"echo {value} > {FAIL_DIR}/{knob}" for knob, value in knobs]
 
 
-def faults(guest: Guest, ev: dict) -> None:
+def faults(guest: Guest, ev: Evidence) -> None:
     step = "hotplug-faults"
     rc, _ = guest.console.run(f"[ -w {FAIL_DIR}/probability ]", step=step, check=False)
     if rc != 0:

@@ -10,6 +10,7 @@ import logging
 
 from harness.boot.checks import Check, Guest, meminfo_kib
 from harness.boot.vm import VIRTIO_MEM_ID
+from harness.check import Evidence
 from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def wait_memtotal(guest: Guest, kib: int, *, step: str, what: str) -> float:
     return guest.console.wait_until(cond, timeout=30, step=step, what=what)
 
 
-def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: dict, *, movable: bool) -> None:
+def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: Evidence, *, movable: bool) -> None:
     new = sorted(memory_blocks(guest, step) - before, key=lambda b: int(b[6:]))
     if not new:
         raise CheckFailed("MemTotal grew but no new memory block appeared in sysfs", step=step)
@@ -58,7 +59,7 @@ def _new_blocks_online(guest: Guest, before: set[str], step: str, ev: dict, *, m
                               step=step)
 
 
-def set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> None:
+def set_requested(guest: Guest, size: int, step: str, ev: Evidence, key: str) -> None:
     guest.qmp.forget_pending()  # an earlier resize may have passed through this size on its way
     guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": size})
     event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=30 * guest.console.scale, step=step,
@@ -73,7 +74,7 @@ def set_requested(guest: Guest, size: int, step: str, ev: dict, key: str) -> Non
                           "event for it", step=step)
 
 
-def virtio_mem(guest: Guest, ev: dict) -> None:
+def virtio_mem(guest: Guest, ev: Evidence) -> None:
     step = "virtio-mem"
     rc, _ = guest.console.run(f"[ -d {VIRTIO_MEM_DRIVER} ]", step=step, check=False)
     if rc != 0:
@@ -93,7 +94,7 @@ def virtio_mem(guest: Guest, ev: dict) -> None:
     ev["memtotal_kib_after"] = memtotal(guest, step)
 
 
-def acpi_dimm(guest: Guest, ev: dict) -> None:
+def acpi_dimm(guest: Guest, ev: Evidence) -> None:
     step = "acpi-dimm"
     total0 = memtotal(guest, step)
     blocks0 = memory_blocks(guest, step)

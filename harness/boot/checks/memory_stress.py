@@ -20,6 +20,7 @@ from harness.boot.checks import Check, Guest, cpu_list
 from harness.boot.checks.memory_hotplug import MIB, VIRTIO_MEM_QOM, memory_blocks, memtotal, wait_memtotal
 from harness.boot.console import GuestTimeout, scan_failures
 from harness.boot.vm import VIRTIO_MEM_ID
+from harness.check import Evidence
 from harness.errors import CheckFailed, InvalidArgument
 
 LOG = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ DMESG_BAD = re.compile(r"page allocation failure|Out of memory|oom-kill|Killed p
 SYS_CPU = "/sys/devices/system/cpu"
 
 
-def guest_pattern(regex: re.Pattern) -> str:
+def guest_pattern(regex: re.Pattern[str]) -> str:
     """``regex`` for grep -E in the guest, written so that the echoed command line cannot itself
     match the console's failure watcher: each alternative's first letter goes in brackets."""
     return "|".join(f"[{alt[0]}]{alt[1:]}" if alt[:1].isalpha() else alt for alt in regex.pattern.split("|"))
@@ -50,7 +51,7 @@ def _device_size(guest: Guest) -> int:
     return int(guest.qmp.execute("qom-get", {"path": VIRTIO_MEM_QOM, "property": "size"}))
 
 
-def resize(guest: Guest, target_mib: int, step: str) -> dict:
+def resize(guest: Guest, target_mib: int, step: str) -> Evidence:
     """Ask for ``target_mib`` and follow the device until it reaches it, or stops moving for
     STALL_SECONDS (a shrink the guest refuses: it keeps memory it cannot offline). One round's record."""
     before_blocks = memory_blocks(guest, step)
@@ -123,7 +124,7 @@ def stop_load(guest: Guest, load: Load, step: str) -> None:
         guest.console.run(f"echo 0 > {SYS_CPU}/cpu{load.cpu}/online", step=step, check=False, timeout=30)
 
 
-def stress(guest: Guest, ev: dict) -> None:
+def stress(guest: Guest, ev: Evidence) -> None:
     step = "memory-stress"
     plan = rounds(int(guest.options.get("soak", 1)))
     total0 = memtotal(guest, step)
@@ -131,7 +132,7 @@ def stress(guest: Guest, ev: dict) -> None:
     ev.update(memtotal_kib_boot=total0, hog_mib=hog_mib, plan_mib=plan)
     guest.sh("dmesg -c > /dev/null", step=step)  # from here on, dmesg is this check's
     load = Load()
-    records: list[dict] = []
+    records: list[Evidence] = []
     try:
         load = start_load(guest, step, hog_mib=hog_mib)
         ev["pids"], ev["cpu_toggled"] = dict(load.pids), load.cpu

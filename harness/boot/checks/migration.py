@@ -29,7 +29,9 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from harness.boot.checks import Check, Guest
 from harness.boot.checks.memory_hotplug import (
@@ -42,7 +44,11 @@ from harness.boot.checks.memory_hotplug import (
 )
 from harness.boot.console import scan_failures
 from harness.boot.vm import VIRTIO_MEM_ID, Vm
+from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
+
+if TYPE_CHECKING:
+    from harness.boot.qmp import Qmp
 
 LOG = logging.getLogger(__name__)
 
@@ -186,7 +192,7 @@ def dmesg_since(guest: Guest, mark: str, step: str) -> str:
 
 
 # -- QEMU's side ----------------------------------------------------------------------------------
-def figures(info: dict) -> dict:
+def figures(info: dict[str, Any]) -> dict[str, Any]:
     """The evidence of one migration, from the source's query-migrate."""
     ram = info.get("ram") or {}
     out = {"status": info.get("status"), "total_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
@@ -199,14 +205,15 @@ def figures(info: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def wait_migration(qmp, *, timeout: float, step: str, setup_timeout: float | None = None) -> dict:
+def wait_migration(qmp: Qmp, *, timeout: float, step: str,
+                   setup_timeout: float | None = None) -> dict[str, Any]:
     """Poll ``query-migrate`` (woken early by a terminal MIGRATION event) until the migration is
     completed, failed or cancelled, or the deadline passes, or it has been in ``setup`` for longer
     than ``setup_timeout``; the last answer either way."""
     start = time.monotonic()
     deadline = start + timeout
     while True:
-        info = qmp.execute("query-migrate")
+        info: dict[str, Any] = qmp.execute("query-migrate")
         now = time.monotonic()
         left = deadline - now
         if info.get("status") in TERMINAL or left <= 0:
@@ -217,23 +224,23 @@ def wait_migration(qmp, *, timeout: float, step: str, setup_timeout: float | Non
                        match=lambda d: d.get("status") in TERMINAL)
 
 
-def wait_runstate(qmp, want: str, *, timeout: float, step: str, wake: str = "RESUME") -> dict:
+def wait_runstate(qmp: Qmp, want: str, *, timeout: float, step: str, wake: str = "RESUME") -> dict[str, Any]:
     """query-status until the run state is ``want`` (woken early by the event ``wake``); the last answer."""
     deadline = time.monotonic() + timeout
     while True:
-        status = qmp.execute("query-status")
+        status: dict[str, Any] = qmp.execute("query-status")
         left = deadline - time.monotonic()
         if status.get("status") == want or left <= 0:
             return status
         qmp.wait_event(wake, timeout=min(POLL_SECONDS, left), step=step)
 
 
-def wait_running(qmp, *, timeout: float, step: str) -> dict:
+def wait_running(qmp: Qmp, *, timeout: float, step: str) -> dict[str, Any]:
     """query-status until the destination runs; the last answer."""
     return wait_runstate(qmp, "running", timeout=timeout, step=step)
 
 
-def sync_hotplugged(src_qmp, dst_qmp, *, cpus: bool) -> list[str]:
+def sync_hotplugged(src_qmp: Qmp, dst_qmp: Qmp, *, cpus: bool) -> list[str]:
     """Replay on the destination what was hot-plugged into the source since boot (the NeonVM
     controller's QmpSyncCpuToTarget): DIMMs with their backends, and QMP-added vCPUs."""
     done = []
@@ -269,7 +276,7 @@ TCG_UNPLUG_BUG = ("this QEMU hot-unplugged a vCPU earlier: under TCG, QEMU befor
                   "unrealize')")
 
 
-def vcpu_unplugged(events: list[dict]) -> bool:
+def vcpu_unplugged(events: list[dict[str, Any]]) -> bool:
     """Whether a device_add'ed vCPU was unplugged from this QEMU (its DEVICE_DELETED events)."""
     for e in events:
         if e.get("event") == "DEVICE_DELETED":
@@ -280,7 +287,7 @@ def vcpu_unplugged(events: list[dict]) -> bool:
     return False
 
 
-def device_size(qmp) -> int:
+def device_size(qmp: Qmp) -> int:
     return int(qmp.execute("qom-get", {"path": VIRTIO_MEM_QOM, "property": "size"}))
 
 
@@ -301,7 +308,8 @@ def _tail(dest: Vm) -> list[str]:
     return console + [f"[{dest.tag} QEMU] {line}" for line in dest.qemu_tail(5)]
 
 
-def _migrate(guest: Guest, dest: Vm, rec: dict, step: str, *, before_migrate=None) -> None:
+def _migrate(guest: Guest, dest: Vm, rec: Evidence, step: str, *,
+             before_migrate: Callable[[], None] | None = None) -> None:
     """Migrate the guest from its VM into ``dest`` and switch the Guest to it; the source is torn down."""
     src = guest.vm
     scale = guest.console.scale
@@ -363,7 +371,7 @@ def _migrate(guest: Guest, dest: Vm, rec: dict, step: str, *, before_migrate=Non
                               tail=_tail(dest))
 
 
-def _arrived(guest: Guest, rec: dict, step: str, clock0: ClockSample, dmesg0: str) -> None:
+def _arrived(guest: Guest, rec: Evidence, step: str, clock0: ClockSample, dmesg0: str) -> None:
     """What must hold as soon as the guest runs in the destination: a console, its clock, its dmesg."""
     t = time.monotonic()
     guest.sh(f"echo arrived in {guest.vm.tag}", step=step, timeout=30)
@@ -380,7 +388,7 @@ def _arrived(guest: Guest, rec: dict, step: str, clock0: ClockSample, dmesg0: st
     _dmesg_clean(guest, rec, step, dmesg0)
 
 
-def _dmesg_clean(guest: Guest, rec: dict, step: str, mark: str) -> None:
+def _dmesg_clean(guest: Guest, rec: Evidence, step: str, mark: str) -> None:
     bad = new_failures(mark, dmesg_since(guest, mark, step))
     rec["new_dmesg_failures"] = bad
     if bad:
@@ -388,13 +396,13 @@ def _dmesg_clean(guest: Guest, rec: dict, step: str, mark: str) -> None:
                           + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""), step=step)
 
 
-def _shrink(guest: Guest, rec: dict, step: str, base_kib: int) -> None:
+def _shrink(guest: Guest, rec: Evidence, step: str, base_kib: int) -> None:
     set_requested(guest, 0, step, rec, "shrunk")
     rec["shrink_seconds"] = round(wait_memtotal(guest, base_kib, step=step,
                                                 what=f"MemTotal drops back in {guest.vm.tag}"), 2)
 
 
-def migration(guest: Guest, ev: dict) -> None:
+def migration(guest: Guest, ev: Evidence) -> None:
     step = CHECK_NAME
     rc, _ = guest.console.run(f"[ -d {VIRTIO_MEM_DRIVER} ]", step=step, check=False)
     if rc != 0:
@@ -439,7 +447,7 @@ def migration(guest: Guest, ev: dict) -> None:
     clock0 = sample_clock(guest, step)
     r2["requested_mib_in_flight"] = GROW_MIB
 
-    def resize():
+    def resize() -> None:
         guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": grow})
 
     _migrate(guest, dest, r2, step, before_migrate=resize)

@@ -10,6 +10,7 @@ import re
 import time
 
 from harness.boot.checks import Check, Guest, Skip
+from harness.check import Evidence
 from harness.errors import CheckFailed
 
 LOG = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ CONFIG_LINE = "CONFIG_PTP_1588_CLOCK_KVM"
 SYMBOL_RE = r" [tT] ptp_kvm_[a-z_]+$"
 
 
-def ptp_kvm(guest: Guest, ev: dict) -> None:
+def ptp_kvm(guest: Guest, ev: Evidence) -> None:
     step = "ptp-kvm"
     if guest.accel_name != "kvm":
         raise Skip(f"needs KVM (ran under {guest.accel_name.upper()})")
@@ -44,7 +45,7 @@ def ptp_kvm(guest: Guest, ev: dict) -> None:
         raise CheckFailed(f"the PHC is {offset:.3f}s away from the host clock (limit {MAX_OFFSET_S}s)", step=step)
 
 
-def ptp_kvm_builtin(guest: Guest, ev: dict) -> None:
+def ptp_kvm_builtin(guest: Guest, ev: Evidence) -> None:
     step = "ptp-kvm-builtin"
     rc, out = guest.console.run(f"zcat /proc/config.gz | grep '^{CONFIG_LINE}[= ]'", step=step, check=False)
     if rc == 0 or "is not set" in out:

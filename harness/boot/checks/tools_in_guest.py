@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 from harness.boot.checks import Check, Guest, Skip
+from harness.check import Evidence
 from harness.errors import CheckFailed
 from harness.tools import spec
 
@@ -17,7 +18,7 @@ MOUNTPOINT = "/mnt/tools"
 
 
 @contextlib.contextmanager
-def mounted_tools(guest: Guest, ev: dict, *, step: str) -> Iterator[str]:
+def mounted_tools(guest: Guest, ev: Evidence, *, step: str) -> Iterator[str]:
     """Mount tools.img by its label read-only; yield the path of its perf; unmount afterwards."""
     dev = guest.sh(f"findfs LABEL={spec.FS_LABEL}", step=step).strip()
     ev["device"] = dev
@@ -34,7 +35,7 @@ def mounted_tools(guest: Guest, ev: dict, *, step: str) -> Iterator[str]:
         guest.console.run(f"umount {MOUNTPOINT}", step=step, check=False)
 
 
-def tools(guest: Guest, ev: dict) -> None:
+def tools(guest: Guest, ev: Evidence) -> None:
     step = "tools"
     img = guest.tools_img
     ev["image"] = str(img) if img else "(none)"
