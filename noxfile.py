@@ -6,9 +6,12 @@ only for Debian's /usr/bin/python3) and hand the work to ``python -m harness``.
 """
 import nox
 
+from harness.arch import ARCHES as ARCH_TABLE
+
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests"]
-ARCHES = ("amd64", "arm64")
+ARCHES = tuple(ARCH_TABLE)
+ARCH_CHOICE = "{" + "|".join(ARCHES) + "}"
 
 
 def _harness(session: nox.Session, *args: str) -> None:
@@ -17,7 +20,7 @@ def _harness(session: nox.Session, *args: str) -> None:
 
 def _arch_arg(session: nox.Session, usage: str) -> tuple[str, list[str]]:
     if not session.posargs or session.posargs[0] not in ARCHES:
-        session.error(f"usage: nox -s {session.name} -- {{amd64|arm64}} {usage}".rstrip())
+        session.error(f"usage: nox -s {session.name} -- {ARCH_CHOICE} {usage}".rstrip())
     return session.posargs[0], list(session.posargs[1:])
 
 
@@ -39,7 +42,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(name="typecheck")
 def typecheck(session: nox.Session) -> None:
-    """mypy over the package and this file (strict on the modules pyproject.toml lists)."""
+    """mypy, strict, over the package and this file (settings in pyproject.toml)."""
     session.run("mypy", external=True)
 
 
@@ -47,18 +50,6 @@ def typecheck(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """Run only the fast unit tests."""
     session.run("python", "-m", "pytest", "tests/unit", *session.posargs, external=True)
-
-
-@nox.session(name="build-amd64")
-def build_amd64(session: nox.Session) -> None:
-    """Build the amd64 kernel (bzImage), its tools.img, and a manifest, into out/amd64."""
-    _harness(session, "build", "--arch", "amd64", "--tools", *session.posargs)
-
-
-@nox.session(name="build-arm64")
-def build_arm64(session: nox.Session) -> None:
-    """Cross-build the arm64 kernel (Image), its tools.img, and a manifest, into out/arm64."""
-    _harness(session, "build", "--arch", "arm64", "--tools", *session.posargs)
 
 
 @nox.session(name="audit")
@@ -81,23 +72,32 @@ def upgrade(session: nox.Session) -> None:
     _harness(session, "upgrade", *session.posargs)
 
 
-@nox.session(name="tools-amd64")
-def tools_amd64(session: nox.Session) -> None:
-    """(Re)build tools.img for the built amd64 kernel."""
-    _harness(session, "tools", "--arch", "amd64", *session.posargs)
+def _per_arch_sessions(arch: str) -> None:
+    """build-ARCH and tools-ARCH for every arch in harness/arch.py's table."""
+    a = ARCH_TABLE[arch]
+
+    def build(session: nox.Session) -> None:
+        _harness(session, "build", "--arch", arch, "--tools", *session.posargs)
+
+    def tools(session: nox.Session) -> None:
+        _harness(session, "tools", "--arch", arch, *session.posargs)
+
+    how = "Cross-build" if a.cross_compile else "Build"
+    build.__doc__ = f"{how} the {arch} kernel ({a.image_target}), its tools.img, and a manifest, into out/{arch}."
+    tools.__doc__ = f"(Re)build tools.img for the built {arch} kernel."
+    nox.session(name=f"build-{arch}")(build)
+    nox.session(name=f"tools-{arch}")(tools)
 
 
-@nox.session(name="tools-arm64")
-def tools_arm64(session: nox.Session) -> None:
-    """(Re)build tools.img for the built arm64 kernel."""
-    _harness(session, "tools", "--arch", "arm64", *session.posargs)
+for _arch in ARCHES:
+    _per_arch_sessions(_arch)
 
 
 @nox.session(name="inspect-tools")
 def inspect_tools(session: nox.Session) -> None:
     """Inspect tools.img with libguestfs: -- ARCH [ARCH ...] [--variant V]."""
     if not session.posargs or session.posargs[0] not in ARCHES:
-        session.error("usage: nox -s inspect-tools -- {amd64|arm64} [arm64] [--variant V]")
+        session.error(f"usage: nox -s inspect-tools -- {ARCH_CHOICE} [ARCH ...] [--variant V]")
     _harness(session, "inspect-tools", *session.posargs)
 
 
@@ -134,7 +134,7 @@ def reproduce(session: nox.Session) -> None:
 def compare_config(session: nox.Session) -> None:
     """Compare the production config with a reference config, every difference explained: -- ARCH REFERENCE."""
     if len(session.posargs) < 2:
-        session.error("usage: nox -s compare-config -- {amd64|arm64} REFERENCE_CONFIG [--json PATH] "
+        session.error(f"usage: nox -s compare-config -- {ARCH_CHOICE} REFERENCE_CONFIG [--json PATH] "
                       "[--allow-unexplained] [--contract PATH] [--tree PATH]")
     _harness(session, "compare-config", *session.posargs)
 
@@ -143,7 +143,7 @@ def compare_config(session: nox.Session) -> None:
 def set_config(session: nox.Session) -> None:
     """Set options in the production config through the fragments: -- ARCH|all CONFIG_X=V ... [--dry-run]."""
     if len(session.posargs) < 2 or session.posargs[0] not in (*ARCHES, "all"):
-        session.error("usage: nox -s set-config -- {amd64|arm64|all} CONFIG_X=VALUE ... [--dry-run]")
+        session.error(f"usage: nox -s set-config -- {ARCH_CHOICE[:-1]}|all}} CONFIG_X=VALUE ... [--dry-run]")
     _harness(session, "set-config", *session.posargs)
 
 
@@ -171,7 +171,7 @@ def compute_test(session: nox.Session) -> None:
 
 @nox.session(name="config-drift")
 def config_drift(session: nox.Session) -> None:
-    """Options the amd64 and arm64 production configs set differently, each requested or unexplained."""
+    """Options the arches' production configs set differently, each requested or unexplained."""
     _harness(session, "config-drift", *session.posargs)
 
 

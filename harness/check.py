@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from harness.errors import HarnessError, InfraError, InputError, KernelError
+from harness.errors import HarnessError, InputError, KernelError
 from harness.progress import Timer
 from harness.report import CheckResult
 
@@ -35,20 +35,30 @@ def run_check(name: str, func: Callable[[Evidence], None], *, evidence: Evidence
     with Timer() as t:
         try:
             func(ev)
-        except Skip as exc:
-            status, reason = "skip", str(exc)
-        except (KernelError, InputError) as exc:
-            status, reason = "fail", str(exc)
-            _keep_tail(exc, ev)
-        except InfraError as exc:
-            status, reason = "error", str(exc)
-            _keep_tail(exc, ev)
-        except Exception as exc:  # a harness bug: report it as an error of this check, keep going
-            LOG.error("check %s crashed:\n%s", name, traceback.format_exc())
-            status, reason = "error", f"harness bug: {type(exc).__name__}: {exc}"
+        except Exception as exc:
+            status, reason = outcome(name, exc, ev)
     LOG.info("check %s: %s %s", name, status, reason)
     return CheckResult(name=name, status=status, reason=reason, duration=round(t.duration, precision),
                        evidence=ev)
+
+
+def outcome(name: str, exc: Exception, evidence: Evidence) -> tuple[str, str]:
+    """The status and reason an exception means for check ``name`` (the protocol's one mapping, also
+    used by the runners for what breaks around the checks); what the error knows goes to ``evidence``."""
+    if isinstance(exc, Skip):
+        return "skip", str(exc)
+    if isinstance(exc, HarnessError):
+        _keep_tail(exc, evidence)
+        return ("fail" if isinstance(exc, KernelError | InputError) else "error"), str(exc)
+    LOG.error("%s crashed:\n%s", name, traceback.format_exc())  # a harness bug: an error of this check
+    return "error", f"harness bug: {type(exc).__name__}: {exc}"
+
+
+def failed(name: str, exc: Exception, evidence: Evidence | None = None) -> CheckResult:
+    """The result for ``name`` when ``exc`` ended it outside :func:`run_check` (a runner's own step)."""
+    ev: Evidence = evidence if evidence is not None else {}
+    status, reason = outcome(name, exc, ev)
+    return CheckResult(name=name, status=status, reason=reason, evidence=ev)
 
 
 def skipped(name: str, why: str) -> CheckResult:

@@ -19,12 +19,12 @@ def _arch_out(args: argparse.Namespace, arch: Arch, variant: str = "production")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from harness.kernel import build, kconfig
+    from harness.kernel import build, kconfig, source
 
     arch = get_arch(args.arch)
     variant = kconfig.get_variant(args.variant)
     provider, path = args.source, None
-    if provider and provider not in ("debian", "kernelorg", "local"):
+    if provider and provider not in source.PROVIDERS:
         provider, path = "local", Path(provider)
     req = build.BuildRequest(arch=arch, variant=variant, out_dir=_arch_out(args, arch, variant.name),
                              version=args.kernel_version, provider=provider, source_path=path,
@@ -166,15 +166,18 @@ def cmd_config_drift(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from harness.kernel import source  # its providers, for --source
+
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log every command")
     sub = p.add_subparsers(dest="command", required=True)
     jobs = os.cpu_count() or 1
 
     b = sub.add_parser("build", help="build a kernel (source, patches, config, audit, make, manifest)")
-    b.add_argument("--arch", required=True, help="amd64 or arm64")
+    b.add_argument("--arch", required=True, help=" or ".join(ARCHES))
     b.add_argument("--variant", default="production", help="configs/variants.toml entry (default: production)")
-    b.add_argument("--source", help="debian, kernelorg, or a path to a local tarball (default: the pin's provider)")
+    b.add_argument("--source", help=f"a source provider ({', '.join(source.PROVIDERS)}) or a path to a local "
+                   "tarball (default: the pin's provider)")
     b.add_argument("--sha256", help="expected sha256 of a kernel.org or local tarball")
     b.add_argument("--kernel-version", help="kernel version (default: the pinned one)")
     b.add_argument("--suffix", help="version suffix, EXTRAVERSION; write it as --suffix=-rc1 "

@@ -38,8 +38,9 @@ from harness.boot.checks import (
     tools_in_guest,
 )
 from harness.boot.vm import Accel, Vm, VmSpec, detect_accel, kernel_cmdline
-from harness.check import skipped
-from harness.errors import HarnessError, InfraError, InvalidArgument, KernelError
+from harness.check import failed, skipped
+from harness.check import run_check as run_one
+from harness.errors import HarnessError, InfraError, InvalidArgument
 from harness.progress import Timer
 from harness.report import CheckResult
 
@@ -179,7 +180,7 @@ def run(req: BootRequest, *, stream: TextIO | None = None) -> list[CheckResult]:
         _print_plan(spec_for(Path("$INITRAMFS")), checks, results_dir=results_dir, tag=tag, timeout=timeout,
                     acpi=acpi_wanted and req.acpi_override, stream=out)
         return []
-    started = time.monotonic()
+    wall = Timer.begin()
     meta: dict[str, Any] = {"arch": arch.name, "kernel": str(req.kernel), "kernelrelease": req.release,
                             "accelerator": acc.name, "accelerator_reason": acc.reason, **req.meta}
     results: list[CheckResult] = []
@@ -218,13 +219,12 @@ def run(req: BootRequest, *, stream: TextIO | None = None) -> list[CheckResult]:
                 for problem in guest.teardown() if guest is not None else []:
                     results.append(CheckResult("teardown", "error", problem))
         data_disk.unlink(missing_ok=True)  # written by the guest; nothing to keep
-    except HarnessError as exc:  # QEMU would not start, initramfs could not be built, ...
-        status = "fail" if isinstance(exc, KernelError) else "error"
+    except Exception as exc:  # QEMU would not start, initramfs could not be built, a harness bug, ...
         if not results:
-            results.append(CheckResult(BOOT_CHECK, status, str(exc), evidence={"accelerator": acc.name}))
+            results.append(failed(BOOT_CHECK, exc, {"accelerator": acc.name}))
         else:
-            results.append(CheckResult("teardown", status, str(exc)))
-    meta["wall_seconds"] = round(time.monotonic() - started, 2)
+            results.append(failed("teardown", exc))
+    meta["wall_seconds"] = round(wall.elapsed, 2)
     if req.write_results:
         report.write(results, suite=f"boot-test-{arch.name}", json_path=results_dir / "results.json",
                      junit_path=results_dir / "results.xml", meta=meta)
@@ -261,27 +261,23 @@ def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float
     """Wait for the test init's shell; the ``boot`` result, and a Guest when the shell answers."""
     ev: dict[str, Any] = {"accelerator": accel.name, "console_log": str(vm.console_log),
                           "qemu_log": str(vm.qemu_log), "boot_timeout_s": timeout}
-    guest = None
-    with Timer() as t:
-        try:
-            m = vm.console.wait(READY_RE, timeout=timeout, scaled=False, step="boot",
-                                what="the test init's shell")
-            ev["init_saw_release"] = m.group(1)
-            vm.console.run("true", step="boot")
-            ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
-            _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
-            guest = Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
-                          tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools,
-                          data_disk=vm.spec.data_disk, vms=[vm])
-            status, reason = "pass", ""
-        except KernelError as exc:
-            status, reason = "fail", str(exc)
-            ev["console_tail"] = getattr(exc, "tail", None) or vm.console_tail()
-        except InfraError as exc:
-            status, reason = "error", str(exc)
-            ev["console_tail"] = vm.console_tail()
+    guests: list[Guest] = []
+
+    def boot(ev: dict[str, Any]) -> None:
+        m = vm.console.wait(READY_RE, timeout=timeout, scaled=False, step="boot", what="the test init's shell")
+        ev["init_saw_release"] = m.group(1)
+        vm.console.run("true", step="boot")
+        ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
+        _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
+        guests.append(Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
+                            tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools,
+                            data_disk=vm.spec.data_disk, vms=[vm]))
+
+    result = run_one(BOOT_CHECK, boot, evidence=ev)
+    if not result.ok and not ev.get("console_tail"):
+        ev["console_tail"] = vm.console_tail()
     ev["seconds_since_qemu_start"] = round(time.monotonic() - vm.started, 2)
-    return CheckResult(BOOT_CHECK, status, reason, round(t.duration, 3), ev), guest
+    return result, (guests[0] if guests and result.ok else None)
 
 
 def _qemu_version(arch: Arch) -> str:

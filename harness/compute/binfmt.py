@@ -64,13 +64,10 @@ class Handler:
         return f"qemu-{self.qemu_arch}-static"
 
 
-# ELF64, little endian, version 1, any OS ABI, e_type ET_EXEC or ET_DYN (mask \xfe), e_machine 183
-AARCH64 = Handler(
-    name="qemu-aarch64", qemu_arch="aarch64",
-    magic=b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
-    mask=b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
-)
-HANDLERS: dict[str, Handler] = {"arm64": AARCH64}
+# The first 20 bytes of an ELF64 little-endian executable (version 1, any OS ABI, e_type ET_EXEC or
+# ET_DYN through the mask's \xfe) for e_machine; the same magic and mask as Debian's qemu-user-static.
+ELF64_LE_EXEC = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00"
+ELF64_LE_MASK = b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 
 
 def host_arch(machine: str | None = None) -> Arch:
@@ -87,10 +84,10 @@ def is_foreign(arch: Arch, *, machine: str | None = None) -> bool:
 
 
 def handler(arch: Arch) -> Handler:
-    try:
-        return HANDLERS[arch.name]
-    except KeyError:
-        raise InfraError(f"no binfmt_misc handler known for {arch.name} guests", step=STEP) from None
+    """The qemu-user handler for ``arch``'s binaries, from the arch table (its ELF machine and QEMU name)."""
+    qemu_arch = arch.qemu_binary.removeprefix("qemu-system-")
+    return Handler(name=f"qemu-{qemu_arch}", qemu_arch=qemu_arch,
+                   magic=ELF64_LE_EXEC + arch.elf_machine.to_bytes(2, "little"), mask=ELF64_LE_MASK)
 
 
 def _escape(data: bytes) -> str:

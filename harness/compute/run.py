@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,11 +20,11 @@ from typing import Any, TextIO
 from harness import manifest, report
 from harness.arch import ARCHES, Arch
 from harness.boot.vm import Accel, Vm, VmSpec, detect_accel
-from harness.check import Skip, run_check, skipped
+from harness.check import Skip, failed, run_check, skipped
 from harness.compute import checks, image, runner
-from harness.errors import HarnessError, InvalidArgument, KernelError
+from harness.errors import HarnessError, InvalidArgument
 from harness.layout import default_out_dir
-from harness.progress import timed
+from harness.progress import Timer, timed
 from harness.report import CheckResult
 
 LOG = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
     res_dir = results_dir(out_dir, kernel)
     logs = res_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    wall = Timer.begin()
     results: list[CheckResult] = []
     durations: dict[str, float] = {}
     meta: dict[str, Any] = {"arch": arch.name, "out": str(out_dir), "kernel": kernel, "shape": dict(vars(SHAPE))}
@@ -148,11 +147,10 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
             results.append(run_check("durable-after-powerdown", checks.durable(c2, token)))
     except _Done:
         pass
-    except HarnessError as exc:
-        status = "fail" if isinstance(exc, KernelError) else "error"
-        results.append(CheckResult("compute-test", status, str(exc)))
+    except Exception as exc:  # a missing manifest, QEMU that would not start, a harness bug, ...
+        results.append(failed("compute-test", exc))
     meta["durations"] = durations
-    meta["wall_seconds"] = round(time.monotonic() - started, 2)
+    meta["wall_seconds"] = round(wall.elapsed, 2)
     report.write(results, suite=f"compute-test-{arch.name}-{kernel}", json_path=res_dir / "results.json",
                  junit_path=res_dir / "results.xml", meta=meta)
     print(f"compute test ({arch.name}, kernel {kernel} {meta.get('kernelrelease', '?')}, "

@@ -149,7 +149,7 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     tmp_pin.write_text(text)
     try:
         new = source.Pin.load(tmp_pin)
-        new = source.Pin(new.version, new.provider, new.debian, new.kernelorg, old.path)
+        new = source.Pin(new.version, new.provider, new.sections, old.path)
         src = source.resolve(new, log=log, provider=provider)
     finally:
         tmp_pin.unlink(missing_ok=True)

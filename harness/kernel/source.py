@@ -49,12 +49,13 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class Pin:
-    """configs/kernel.toml: the pinned version and what is recorded about its sources."""
+    """configs/kernel.toml: the pinned version, the default provider, and one table per provider with
+    what is recorded about its source (``[debian]``, ``[kernelorg]``, ...; a new provider's table needs
+    no change here)."""
 
     version: str
     provider: str
-    debian: dict[str, Any]
-    kernelorg: dict[str, Any]
+    sections: dict[str, dict[str, Any]]
     path: Path
 
     @classmethod
@@ -65,16 +66,27 @@ class Pin:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"cannot read the kernel pin {path}: {exc}", step=STEP) from exc
         pin = cls(version=data.get("version", ""), provider=data.get("provider", "debian"),
-                  debian=data.get("debian", {}), kernelorg=data.get("kernelorg", {}), path=path)
+                  sections={k: v for k, v in data.items() if isinstance(v, dict)}, path=path)
         parse_version(pin.version)
         return pin
+
+    def section(self, provider: str) -> dict[str, Any]:
+        """What the pin records for ``provider`` (empty when it has no table)."""
+        return self.sections.get(provider, {})
+
+    @property
+    def debian(self) -> dict[str, Any]:
+        return self.section("debian")
+
+    @property
+    def kernelorg(self) -> dict[str, Any]:
+        return self.section("kernelorg")
 
     def known_sha256(self, version: str) -> dict[str, str]:
         """provider -> recorded sha256 for ``version`` (only the pinned version has records)."""
         if version != self.version:
             return {}
-        return {k: v for k, v in (("debian", self.debian.get("sha256", "")),
-                                  ("kernelorg", self.kernelorg.get("sha256", ""))) if v}
+        return {name: str(table["sha256"]) for name, table in self.sections.items() if table.get("sha256")}
 
 
 def set_pin_value(text: str, section: str | None, key: str, value: str) -> str:

@@ -680,12 +680,6 @@ def test_nothing_is_cached_on_disk(fake_configs: Path, tmp_path: Path, capsys: p
     assert not (tmp_path / "cache").exists()
 
 
-def test_nox_session_exists_with_usage() -> None:
-    noxfile = (Path(__file__).resolve().parents[2] / "noxfile.py").read_text()
-    assert '@nox.session(name="compare-config")' in noxfile
-    assert 'session.error("usage: nox -s compare-config -- {amd64|arm64} REFERENCE_CONFIG' in noxfile
-
-
 # -- the repository's own contract, as compare-config reads it ---------------------------------------
 # An omission never explains a capability option (the capability wins in compare-config anyway). The one
 # overlap below predates compare-config's inherited explanations: "nested virtualisation" names KVM_*,

@@ -15,6 +15,7 @@ from harness.errors import CommandFailed, InfraError
 
 ARM64 = get_arch("arm64")
 AMD64 = get_arch("amd64")
+AARCH64 = binfmt.handler(ARM64)
 DISKS = runner.Disks(root=Path("/W/root.qcow2"), runtime=Path("/W/runtime.iso"), swap=Path("/W/swap.img"),
                      data=Path("/W/pgdata.img"), tools=Path("/OUT/tools.img"))
 SHAPE = runner.Shape(cpus_min=1, cpus_max=2, mem_slot_mib=512, mem_slots_min=2, mem_slots_max=4, cpu_mode="sysfs")
@@ -142,19 +143,19 @@ DEBIAN_AARCH64 = (":qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x0
 
 
 def test_registration_line_is_debians_with_our_interpreter():
-    line = binfmt.registration(binfmt.AARCH64, Path("/C/qemu-user/qemu-aarch64-static"))
+    line = binfmt.registration(AARCH64, Path("/C/qemu-user/qemu-aarch64-static"))
     assert line == DEBIAN_AARCH64.format(interp="/C/qemu-user/qemu-aarch64-static")
     assert line.split(":")[1] == "qemu-aarch64"  # the name mmdebstrap looks for
     assert "F" in line.rsplit(":", 1)[1]
-    assert binfmt.handler(ARM64) is binfmt.AARCH64
-    with pytest.raises(InfraError, match="no binfmt_misc handler"):
-        binfmt.handler(AMD64)
+    x86 = binfmt.handler(AMD64)  # for an arm64 host: the same shape with EM_X86_64
+    assert (x86.name, x86.interpreter_name) == ("qemu-x86_64", "qemu-x86_64-static")
+    assert x86.magic[18:] == b"\x3e\x00" and x86.mask == AARCH64.mask
 
 
 @pytest.mark.parametrize("bad", ["relative/qemu", "/a:b/qemu", "/a\nb"])
 def test_registration_refuses_paths_binfmt_cannot_take(bad):
     with pytest.raises(InfraError, match="cannot register"):
-        binfmt.registration(binfmt.AARCH64, Path(bad))
+        binfmt.registration(AARCH64, Path(bad))
 
 
 @pytest.mark.parametrize(("machine", "arch", "foreign"), [
@@ -170,11 +171,11 @@ KERNEL_ENTRY = ("enabled\ninterpreter /C/qemu-aarch64-static\nflags: POF\noffset
 def test_entry_parsed_as_the_kernel_prints_it():
     entry = binfmt.Entry.parse(KERNEL_ENTRY)
     assert entry == binfmt.Entry(enabled=True, interpreter="/C/qemu-aarch64-static", flags="POF",
-                                 magic=binfmt.AARCH64.magic.hex(), mask=binfmt.AARCH64.mask.hex())
-    assert binfmt.usable(entry, binfmt.AARCH64) is None
+                                 magic=AARCH64.magic.hex(), mask=AARCH64.mask.hex())
+    assert binfmt.usable(entry, AARCH64) is None
     assert "disabled" in (binfmt.usable(binfmt.Entry.parse(KERNEL_ENTRY.replace("enabled", "disabled")),
-                                        binfmt.AARCH64) or "")
-    assert "no F flag" in (binfmt.usable(binfmt.Entry.parse(KERNEL_ENTRY.replace("POF", "P")), binfmt.AARCH64)
+                                        AARCH64) or "")
+    assert "no F flag" in (binfmt.usable(binfmt.Entry.parse(KERNEL_ENTRY.replace("POF", "P")), AARCH64)
                            or "")
     assert binfmt.Entry.parse(KERNEL_ENTRY.replace("flags: POF", "flags: ")).flags == ""
 
@@ -294,11 +295,11 @@ def test_interpreter_fetched_once_into_the_cache(tmp_path, monkeypatch):
         _static_elf(root / "usr/bin/qemu-arm-static")
         return ["qemu-user-static_1_amd64.deb"]
     monkeypatch.setattr(binfmt.foreign, "download_and_unpack", download)
-    got = binfmt.qemu_user_static(binfmt.AARCH64, log=tmp_path / "log")
+    got = binfmt.qemu_user_static(AARCH64, log=tmp_path / "log")
     assert got == tmp_path / "cache/qemu-user/qemu-aarch64-static" and got.is_file()
     assert fetched == [("amd64", ["qemu-user-static"])]
     assert sorted(p.name for p in got.parent.iterdir()) == ["qemu-aarch64-static"]  # one file kept
-    assert binfmt.qemu_user_static(binfmt.AARCH64, log=tmp_path / "log") == got
+    assert binfmt.qemu_user_static(AARCH64, log=tmp_path / "log") == got
     assert len(fetched) == 1
 
 
@@ -306,10 +307,10 @@ def test_interpreter_installed_on_the_host_is_preferred(tmp_path, monkeypatch):
     host = _static_elf(tmp_path / "bin/qemu-aarch64-static")
     monkeypatch.setattr(binfmt, "host_arch", lambda machine=None: AMD64)
     monkeypatch.setattr(binfmt.shutil, "which", lambda name: str(host))
-    assert binfmt.qemu_user_static(binfmt.AARCH64) == host
+    assert binfmt.qemu_user_static(AARCH64) == host
     _static_elf(host, machine=183)  # not one for this host: fetched instead
     monkeypatch.setattr(binfmt.layout, "cache_root", lambda: tmp_path / "cache")
     monkeypatch.setattr(binfmt.foreign, "download_and_unpack",
                         lambda *a, **k: (_ for _ in ()).throw(InfraError("no archive", step="x")))
     with pytest.raises(InfraError, match="cannot fetch qemu-user-static"):
-        binfmt.qemu_user_static(binfmt.AARCH64, log=tmp_path / "log")
+        binfmt.qemu_user_static(AARCH64, log=tmp_path / "log")

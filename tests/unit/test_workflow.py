@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_noxfile import sessions
 
 from harness.arch import ARCHES
 from harness.layout import REPO
@@ -138,10 +139,8 @@ def test_publish_only_after_every_gate_job_passed():
 
 
 def test_nox_sessions_the_workflow_calls_exist():
-    nox_text = (REPO / "noxfile.py").read_text()
     called = set(re.findall(r"nox -s ([\w-]+)", CI.read_text()))
-    for session in called:
-        assert f'@nox.session(name="{session}")' in nox_text, session
+    assert called and called <= set(sessions())
 
 
 def test_run_scripts_are_valid_bash():
