@@ -15,8 +15,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -109,15 +107,10 @@ def unpacked(arch: Arch, name: str, packages: Sequence[str], *, verify: Callable
             LOG.warning("cached %s fails its check (%s); fetching again", root, exc.message)
     log = base / "fetch.log"
     with _waiting_lock(base / ".lock", step=step, what=f"{name} cache for {arch.name}"):
-        with tempfile.TemporaryDirectory(dir=base) as tmp:
-            new_root = Path(tmp) / "root"
+        with fsutil.atomic_dir(root) as new_root:
             debs = download_and_unpack(arch.debian_arch, packages, new_root, step=step, log=log)
             verify(new_root)
-            with contextlib.suppress(FileNotFoundError):
-                stamp.unlink()  # never a stamp beside a root it does not describe
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(new_root, root)
+            stamp.unlink(missing_ok=True)  # never a stamp beside a root it does not describe
         fsutil.atomic_write_json(stamp, {"packages": list(packages), "debs": debs})
     LOG.info("unpacked %s for %s into %s", ", ".join(debs), arch.name, root)
     return Unpacked(root, tuple(debs))

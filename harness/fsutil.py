@@ -74,6 +74,29 @@ def atomic_output(path: Path, *, fsync: bool = False, mode: int | None = None) -
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, create: bool = True) -> Iterator[Path]:
+    """Yield a staging directory beside ``final``; when the block succeeds it replaces ``final``.
+
+    The directory form of :func:`atomic_output`: on any failure (or interrupt) the staging directory is
+    removed and ``final`` is left as it was, so a half-written tree never sits at ``final``. An existing
+    ``final`` is moved aside and removed only once the new one is in place. With ``create=False`` the
+    staging path is yielded without being made (for tools that refuse an existing directory).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    staging = work / final.name
+    try:
+        if create:
+            staging.mkdir()
+        yield staging
+        if final.exists() or final.is_symlink():
+            os.replace(final, work / ".old")
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_output(path, fsync=True) as tmp:
         tmp.write_bytes(data)

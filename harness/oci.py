@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 import urllib.parse
@@ -41,7 +40,7 @@ from typing import Any
 from harness import foreign, manifest, proc
 from harness.arch import Arch
 from harness.errors import CommandFailed, InfraError, InvalidArgument, SourceMissing
-from harness.fsutil import atomic_output, sha256_file
+from harness.fsutil import atomic_dir, atomic_output
 from harness.layout import REPO
 from harness.progress import timed
 from harness.reproduce import TarEntry, source_date, write_tar
@@ -273,22 +272,6 @@ def add_index(layout: Path, specs: Sequence[ImageSpec]) -> Descriptor:
     return index
 
 
-@contextlib.contextmanager
-def _replacing_dir(dest: Path) -> Iterator[Path]:
-    """Yield a path (not yet existing) beside ``dest``; on success what was made there replaces
-    ``dest``, on failure it is removed and ``dest`` is left as it was (a half-written layout never
-    sits at ``dest``)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield work / dest.name
-        if dest.exists():
-            os.replace(dest, work / "old")
-        os.replace(work / dest.name, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def write_layout(items: Sequence[tuple[Arch, Path]], dest: Path, *, log: Path) -> Layout:
     """Write the OCI image layout for the built ``(arch, out dir)`` pairs at ``dest``: one image per
     arch and an index over them all, tagged with their (common) kernel release."""
@@ -308,7 +291,7 @@ def write_layout(items: Sequence[tuple[Arch, Path]], dest: Path, *, log: Path) -
     if len(releases) != 1:
         raise InvalidArgument(f"the arches were built as different kernel releases ({', '.join(releases)}); "
                               "one index needs one release", step=STEP)
-    with _replacing_dir(dest) as layout, tempfile.TemporaryDirectory(dir=dest.parent) as scratch:
+    with atomic_dir(dest, create=False) as layout, tempfile.TemporaryDirectory(dir=dest.parent) as scratch:
         with timed(durations, "init"):
             proc.run(["umoci", "init", "--layout", layout], step=STEP, log=log, timeout=UMOCI_TIMEOUT)
         for spec, (arch, out) in zip(specs, items, strict=True):
@@ -440,7 +423,3 @@ def publish(layout: Path, ref: str, *, log: Path) -> str:
         raise InfraError(f"{dest} serves index {digest}, not the pushed {index.digest}", step="publish", log=log)
     return digest
 
-
-def layout_sha256s(layout: Path) -> dict[str, str]:
-    """sha256 of every file of a layout (by relative path), for records and comparisons."""
-    return {str(p.relative_to(layout)): sha256_file(p) for p in sorted(layout.rglob("*")) if p.is_file()}

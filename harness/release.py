@@ -25,6 +25,7 @@ from harness.kernel import build, kconfig
 from harness.layout import default_out_dir, out_root
 from harness.report import CheckResult
 from harness.reproduce import TarEntry, source_date, stable_json, write_tar
+from harness.tools import spec
 
 LOG = logging.getLogger(__name__)
 PACKAGED = ("vmlinuz", "System.map", "config", "tools.img")
@@ -51,9 +52,9 @@ def package(arch: Arch, out: Path, dest: Path) -> Path:
     built = manifest.read(out, arch, step="package")
     name = f"neonvm-kernel-{built.kernelrelease}-{arch.name}"
     entries = [TarEntry(f"{name}/{f}", path=out / f, mode=0o644) for f in PACKAGED]
+    records = {"manifest.json": built.data, "tools-manifest.json": spec.read_manifest(out)}
     for record, volatile in RECORDS.items():
-        data = json.loads((out / record).read_text())
-        entries.append(TarEntry(f"{name}/{record}", data=stable_json(data, volatile)))
+        entries.append(TarEntry(f"{name}/{record}", data=stable_json(records[record], volatile)))
     return write_tar(dest / f"{name}.tar", entries, mtime=source_date(built, step="package"))
 
 

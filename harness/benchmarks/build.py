@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from harness import proc
@@ -26,6 +25,7 @@ from harness.errors import BuildFailed, HarnessError
 from harness.kernel import build, kconfig, source, tree
 from harness.kernel.patches import Series
 from harness.layout import cache_root
+from harness.progress import Timer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,21 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, **build.make_env(), "CCACHE_DIR": str(scratch / "ccache-plain")}
         argv = build.build_argv(req, arch.image_target, "modules")
         print(f"[1/4] plain: {' '.join(argv)}", flush=True)
-        t = time.monotonic()
-        with open(logs / "plain.log", "w") as fh:
+        with Timer() as plain, open(logs / "plain.log", "w") as fh:
             rc = subprocess.run(argv, cwd=src_tree, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             raise BuildFailed(f"plain make exited {rc}: {proc.first_error(logs / 'plain.log')}",
                               step="bench-plain", log=logs / "plain.log")
-        figures["plain"] = time.monotonic() - t
+        figures["plain"] = plain.duration
 
         def harness_build(name: str, ccache_dir: str, build_dir: Path) -> float:
             os.environ["CCACHE_DIR"] = ccache_dir
             r = build.BuildRequest(arch=arch, variant=variant, out_dir=scratch / f"out-{name}", jobs=args.jobs,
                                    build_dir=build_dir)
-            t0 = time.monotonic()
-            build.build(r)
-            return time.monotonic() - t0
+            with Timer() as t:
+                build.build(r)
+            return t.duration
 
         print("[2/4] harness, cold ccache", flush=True)
         figures["harness"] = harness_build("cold", str(scratch / "ccache-harness"), scratch / "cold")

@@ -18,7 +18,6 @@ import argparse
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from harness.boot.vm import detect_accel
 from harness.compute import checks, image, runner
 from harness.compute import run as compute
 from harness.errors import CheckFailed, HarnessError
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 STEP = "bench-compute"
@@ -86,13 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                                            "seconds": PGBENCH_SECONDS}}
     try:
         checks.require_host(STEP)
-        t0 = time.monotonic()
-        img = image.ensure(arch, log_dir=work)
-        cached_s = round(time.monotonic() - t0, 2) if img.cached else None
-        t0 = time.monotonic()
-        image.ensure(arch, log_dir=work)
+        with Timer() as first:
+            img = image.ensure(arch, log_dir=work)
+        with Timer() as lookup:
+            image.ensure(arch, log_dir=work)
         figures["image"] = {"cold_build_s": img.meta.get("cold_build_seconds"), "built_now": not img.cached,
-                            "cached_lookup_s": cached_s if cached_s is not None else round(time.monotonic() - t0, 3),
+                            "cached_lookup_s": round(first.duration, 2) if img.cached else round(lookup.duration, 3),
                             "size_mib": img.meta.get("size_mib")}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in compute.KERNELS}
         for i in range(args.rounds):  # alternated, so that background load hits both alike

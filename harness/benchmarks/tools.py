@@ -13,7 +13,6 @@ Results also go to OUT_ROOT/bench-tools.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 from harness import proc
-from harness.arch import Arch, get_arch
+from harness.arch import ARCHES, Arch, get_arch
 from harness.fsutil import atomic_write_json
 from harness.layout import default_out_dir, out_root
 from harness.progress import Timer
@@ -34,7 +33,7 @@ from harness.tools.inspect import (
     inspect_images,
     open_appliance,
 )
-from harness.tools.spec import IMAGE_NAME, MANIFEST_NAME
+from harness.tools.spec import IMAGE_NAME, read_manifest
 
 SETTINGS = [  # (label, memsize MiB or None = libguestfs default, smp, verbose)
     ("default (1280 MiB, 1 vCPU, quiet)", None, 1, False),
@@ -78,7 +77,7 @@ def timed_inspect(items: list[tuple[Arch, Path]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.benchmarks.tools", description=__doc__.splitlines()[0])
-    ap.add_argument("items", nargs="*", default=["amd64", "arm64"], help="ARCH or ARCH=OUTDIR")
+    ap.add_argument("items", nargs="*", default=list(ARCHES), help="ARCH or ARCH=OUTDIR")
     ap.add_argument("--variant", default="production", help="OUT dir variant for bare ARCH items")
     ap.add_argument("--repeat", type=int, default=1, help="measure bare/inspect this many times (median)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache launch")
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<58} {secs:8.1f} {secs / base:7.2f} {secs - base:+8.1f}")
     sizes = {}
     for arch, out in items:
-        m = json.loads((out / MANIFEST_NAME).read_text())
+        m = read_manifest(out)
         fs = m["filesystem"]
         sizes[arch.name] = {
             "image_bytes": m["image"]["size"], "tree_apparent_bytes": m["tree"]["apparent_size"],

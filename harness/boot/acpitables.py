@@ -44,6 +44,7 @@ from harness.arch import Arch
 from harness.boot import initramfs
 from harness.boot.vm import Vm, VmSpec, qemu_argv
 from harness.errors import HarnessError, InfraError, InvalidArgument
+from harness.progress import Timer
 
 if TYPE_CHECKING:
     from harness.boot.console import Console
@@ -365,20 +366,21 @@ def build_initrd(tables: dict[str, bytes], initramfs_path: Path, *, cache: Path 
 def override(spec: VmSpec, *, qemu_version: str, log_dir: Path, boot_timeout: float) -> Override:
     """The online-capable replacement tables for ``spec``'s VM and the initrd that carries them
     (``spec.initrd`` is the plain test initramfs)."""
-    t0 = time.monotonic()
-    captured = capture(spec, qemu_version=qemu_version, log_dir=log_dir, boot_timeout=boot_timeout)
-    fadt = upgrade_fadt(captured.tables[FADT], name=f"{captured.dir}/{FADT}.dat")
-    madt, changed = upgrade_madt(captured.tables[MADT], name=f"{captured.dir}/{MADT}.dat")
-    if not changed:
-        raise AcpiTableError(f"QEMU's APIC ({captured.dir}/{MADT}.dat) has no disabled processor entry to make "
-                             "online-capable: no free vCPU slot (-smp cpus < maxcpus?)")
-    tables = {FADT: fadt, MADT: madt}
-    if spec.initrd is None:
-        raise InvalidArgument("the replacement ACPI tables travel in an initrd: the VM has none", step="acpi-tables")
-    early, initrd = build_initrd(tables, spec.initrd)
+    with Timer() as clock:
+        captured = capture(spec, qemu_version=qemu_version, log_dir=log_dir, boot_timeout=boot_timeout)
+        fadt = upgrade_fadt(captured.tables[FADT], name=f"{captured.dir}/{FADT}.dat")
+        madt, changed = upgrade_madt(captured.tables[MADT], name=f"{captured.dir}/{MADT}.dat")
+        if not changed:
+            raise AcpiTableError(f"QEMU's APIC ({captured.dir}/{MADT}.dat) has no disabled processor entry to "
+                                 "make online-capable: no free vCPU slot (-smp cpus < maxcpus?)")
+        tables = {FADT: fadt, MADT: madt}
+        if spec.initrd is None:
+            raise InvalidArgument("the replacement ACPI tables travel in an initrd: the VM has none",
+                                  step="acpi-tables")
+        early, initrd = build_initrd(tables, spec.initrd)
     meta = {**describe(captured.tables, tables, changed), "source": source_line(captured.source),
             "cache": str(captured.dir), "captured_now": captured.fresh, "early_cpio": str(early),
-            "initrd": str(initrd), "seconds": round(time.monotonic() - t0, 2)}
+            "initrd": str(initrd), "seconds": round(clock.duration, 2)}
     if captured.fresh:
         meta["capture_console_log"] = captured.source.get("console_log", "")
     return Override(initrd=initrd, early_cpio=early, tables=tables, changed=changed, meta=meta)

@@ -26,6 +26,8 @@ from harness.boot.vm import Vm
 from harness.check import Skip
 from harness.compute import image
 from harness.errors import CheckFailed, CommandFailed, CommandTimeout, HarnessError, InfraError
+from harness.progress import Timer
+from harness.tools import spec
 
 Evidence = dict[str, Any]
 READY_RE = re.compile(f"({re.escape(image.READY_MARKER)}|{re.escape(image.FAILED_MARKER)}[^\r\n]*)")
@@ -147,18 +149,18 @@ def powerdown(c: Compute) -> Callable[[Evidence], None]:
         c.psql(f"insert into durable(token) values ('{c.token}')", step=step)
         ev["token"] = c.token
         vm.qmp.forget_pending()
-        start = time.monotonic()
-        vm.qmp.execute("system_powerdown")
-        try:
-            got = vm.qmp.wait_event("SHUTDOWN", timeout=POWEROFF_TIMEOUT, step=step)
-        except HarnessError:
-            got = None  # the connection went with QEMU; the exit below decides
-        assert vm.proc is not None
-        try:
-            vm.proc.wait(timeout=max(1.0, POWEROFF_TIMEOUT - (time.monotonic() - start)))
-        except Exception:
-            pass
-        seconds = round(time.monotonic() - start, 2)
+        with Timer() as since_button:
+            vm.qmp.execute("system_powerdown")
+            try:
+                got = vm.qmp.wait_event("SHUTDOWN", timeout=POWEROFF_TIMEOUT, step=step)
+            except HarnessError:
+                got = None  # the connection went with QEMU; the exit below decides
+            assert vm.proc is not None
+            try:
+                vm.proc.wait(timeout=max(1.0, POWEROFF_TIMEOUT - since_button.elapsed))
+            except Exception:
+                pass
+        seconds = round(since_button.duration, 2)
         ev["seconds_to_poweroff"] = seconds
         ev["shutdown_event"] = got.get("data") if got else None
         c.powered_off = vm.proc.poll() is not None
@@ -233,12 +235,12 @@ class PgbenchLoad:
     def _loop(self) -> None:
         while not self._stop.is_set():
             args = ["-n", "-c", str(PGBENCH_CLIENTS), "-j", "2", "-T", str(self.seconds)]
-            start = time.monotonic()
-            try:
-                rec = parse_pgbench(self.c.pgbench(args, step=self.step, timeout=self.seconds + 120))
-            except (CommandFailed, CommandTimeout, ValueError) as exc:
-                rec = {"error": str(exc)[:300]}
-            rec["seconds"] = round(time.monotonic() - start, 2)
+            with Timer() as run:
+                try:
+                    rec = parse_pgbench(self.c.pgbench(args, step=self.step, timeout=self.seconds + 120))
+                except (CommandFailed, CommandTimeout, ValueError) as exc:
+                    rec = {"error": str(exc)[:300]}
+            rec["seconds"] = round(run.duration, 2)
             self.runs.append(rec)
 
     def __enter__(self) -> PgbenchLoad:
@@ -451,13 +453,13 @@ def perf_backend(c: Compute) -> Callable[[Evidence], None]:
     def check(ev: Evidence) -> None:
         step = "perf-backend"
         g = c.guest
-        perf = "/neonvm/tools/bin/perf"
+        perf = f"{image.TOOLS_MOUNT}/{spec.PERF}"
         if g.console.run(f"[ -x {perf} ]", step=step, check=False)[0] != 0:
             if not c.tools_attached:
                 raise Skip("no tools.img attached (build it with the kernel: --tools)")
-            mounted = g.console.run("mountpoint -q /neonvm/tools", step=step, check=False)[0] == 0
+            mounted = g.console.run(f"mountpoint -q {image.TOOLS_MOUNT}", step=step, check=False)[0] == 0
             raise CheckFailed(f"tools.img is attached but {perf} is not there"
-                              + ("" if mounted else " (/neonvm/tools is not mounted: see mounts.sh)"), step=step)
+                              + ("" if mounted else f" ({image.TOOLS_MOUNT} is not mounted: see mounts.sh)"), step=step)
         # one run outlasts the recording: the backends perf attaches to are the ones it finds
         with PgbenchLoad(c, step=step, seconds=PERF_SECONDS + 30) as load:
             pids = load.wait_backends()

@@ -14,7 +14,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -23,8 +22,9 @@ from harness import proc
 from harness.arch import Arch
 from harness.compute import binfmt
 from harness.errors import InfraError
-from harness.fsutil import atomic_output, exclusive_lock
+from harness.fsutil import atomic_dir, atomic_output, atomic_write_json, exclusive_lock
 from harness.layout import cache_root
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ ROOT_LABEL = "neonvm-root"
 RUNTIME_LABEL = "vmruntime"  # the runner's runtime cdrom (iso9660 volume id)
 SWAP_LABEL = "swapdisk"
 DATA_LABEL = "pgdata"
-TOOLS_LABEL = "vm-tools"
+TOOLS_MOUNT = "/neonvm/tools"  # where the guest mounts tools.img (by its label, harness.tools.spec)
 LOG_PORT = "tech.neon.log.0"
 MEMHOG = "memhog"  # the memory-pressure probe on the runtime disk (harness/boot/probe/memhog.c)
 PG_MOUNT = "/var/db/postgres"
@@ -154,7 +154,7 @@ export PATH={PATH}
 [ -f {PGDATA}/postmaster.pid ] && runuser -u postgres -- {PG_BIN}/pg_ctl -D {PGDATA} -m fast -w -t 20 stop
 swapoff -a
 sync
-umount {PG_MOUNT} /neonvm/tools 2>/dev/null
+umount {PG_MOUNT} {TOOLS_MOUNT} 2>/dev/null
 mount -o remount,ro /
 """
 
@@ -266,15 +266,10 @@ def _take_cloud_kernel(tree: Path, dest: Path, *, step: str) -> str:
     initrd = tree / "boot" / f"initrd.img-{release}"
     if not initrd.is_file():
         raise InfraError(f"the image has no {initrd.name} (initramfs-tools did not run)", step=step)
-    if dest.exists():
-        shutil.rmtree(dest)
-    staging = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    shutil.copyfile(kernels[0], staging / "vmlinuz")
-    shutil.copyfile(initrd, staging / "initrd.img")
-    (staging / "release").write_text(release + "\n")
-    staging.rename(dest)
+    with atomic_dir(dest) as staging:
+        shutil.copyfile(kernels[0], staging / "vmlinuz")
+        shutil.copyfile(initrd, staging / "initrd.img")
+        (staging / "release").write_text(release + "\n")
     return release
 
 
@@ -330,37 +325,36 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
         if (found := cached()) is not None:
             return found
         path.unlink(missing_ok=True)
-        start = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix="compute-image-", dir=path.parent))
         try:
-            layer, tree = work / "layer", work / "tree"
-            stage_layer(layer, arch.console)
-            if binfmt.is_foreign(arch):  # arm64 on amd64: the chroot's binaries run under qemu-user
-                done = binfmt.ensure(arch, log=log)
-                binfmt.verify(arch, log=log)
-                LOG.info("binfmt_misc handler for %s: %s", arch.name, done)
-            prog = proc.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
-            print(f"building the compute root image {path.name} (cold: several minutes); log {log}", file=out)
+            with Timer() as clock:
+                layer, tree = work / "layer", work / "tree"
+                stage_layer(layer, arch.console)
+                if binfmt.is_foreign(arch):  # arm64 on amd64: the chroot's binaries run under qemu-user
+                    done = binfmt.ensure(arch, log=log)
+                    binfmt.verify(arch, log=log)
+                    LOG.info("binfmt_misc handler for %s: %s", arch.name, done)
+                prog = proc.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
+                print(f"building the compute root image {path.name} (cold: several minutes); log {log}", file=out)
 
-            def on_line(line: str) -> None:
-                if line.startswith("I: "):
-                    prog.tick(line[3:].strip())
-            proc.run(mmdebstrap_argv(arch, layer=layer, target=tree), step="compute-image", log=log,
-                     timeout=BUILD_TIMEOUT * (FOREIGN_SLOWDOWN if binfmt.is_foreign(arch) else 1), on_line=on_line)
-            prog.done("root tree done")
-            release = _take_cloud_kernel(tree, cloud_dir(path), step="compute-image")
-            size_mib = int(_du_mib(tree) * 1.15) + HEADROOM_MIB
-            with atomic_output(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    fh.truncate(size_mib << 20)
-                proc.run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", tree, tmp], step="compute-image",
-                         log=log, timeout=600)
-            seconds = round(time.monotonic() - start, 1)
+                def on_line(line: str) -> None:
+                    if line.startswith("I: "):
+                        prog.tick(line[3:].strip())
+                proc.run(mmdebstrap_argv(arch, layer=layer, target=tree), step="compute-image", log=log,
+                         timeout=BUILD_TIMEOUT * (FOREIGN_SLOWDOWN if binfmt.is_foreign(arch) else 1), on_line=on_line)
+                prog.done("root tree done")
+                release = _take_cloud_kernel(tree, cloud_dir(path), step="compute-image")
+                size_mib = int(_du_mib(tree) * 1.15) + HEADROOM_MIB
+                with atomic_output(path) as tmp:
+                    with open(tmp, "wb") as fh:
+                        fh.truncate(size_mib << 20)
+                    proc.run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", tree, tmp], step="compute-image",
+                             log=log, timeout=600)
+            seconds = round(clock.duration, 1)
             meta: dict[str, object] = {"key": key, "packages": list(packages(arch)), "suite": SUITE,
                                        "mirror": MIRROR, "size_mib": size_mib, "cold_build_seconds": seconds,
                                        "cloud_kernel_release": release}
-            with atomic_output(meta_path) as tmp:
-                tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(meta_path, meta)
             print(f"compute root image built in {seconds:.0f}s ({size_mib} MiB)", file=out)
             _prune(arch, keep=path)
             return RootImage(path, key, False, seconds, meta)

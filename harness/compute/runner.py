@@ -20,6 +20,7 @@ from harness.boot import initramfs
 from harness.boot.vm import VIRTIO_MEM_BACKEND, VIRTIO_MEM_ID
 from harness.compute import image
 from harness.errors import InvalidArgument
+from harness.tools import spec
 
 CPU_MODES = ("qmp", "sysfs")
 VIRTIO_MEM_BLOCK = "8M"
@@ -136,8 +137,8 @@ def mount_script(*, tools: bool) -> str:
         f"/neonvm/bin/swapon -d \"$(blkid -L {image.SWAP_LABEL})\"",
     ]
     if tools:
-        lines += ["mkdir -p /neonvm/tools",
-                  f"mount -o ro \"$(blkid -L {image.TOOLS_LABEL})\" /neonvm/tools"]
+        lines += [f"mkdir -p {image.TOOLS_MOUNT}",
+                  f"mount -o ro \"$(blkid -L {spec.FS_LABEL})\" {image.TOOLS_MOUNT}"]
     return "\n".join(lines) + "\n"
 
 

@@ -209,6 +209,8 @@ def build(req: BuildRequest) -> dict[str, Any]:
                                ("config", req.build_dir / ".config")):
                 if not path.is_file():
                     raise BuildFailed(f"make succeeded but {path} is missing", step="collect", log=build_log)
+                if name == "vmlinuz":
+                    _check_image_magic(path, req.arch, log=build_log)
                 atomic_copy(path, out / name)
                 artifacts[name] = {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
         from harness.tools import kbuild  # (kbuild reads manifests this module writes)
@@ -251,3 +253,14 @@ def check_committed(src_tree: Path, req: BuildRequest, version: str, resolved: P
         raise ConfigAuditFailed(f"committed {committed.name} differs from what the fragments resolve to "
                                 f"({n} option(s)); review and commit with 'nox -s update-configs'",
                                 step="config", log=log)
+
+
+def _check_image_magic(path: Path, arch: Arch, *, log: Path) -> None:
+    """The boot image must carry its format's header (what QEMU's -kernel and NeonVM's loader read)."""
+    offset, magic = arch.image_magic
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        found = fh.read(len(magic))
+    if found != magic:
+        raise BuildFailed(f"{path} is not a {arch.name} boot image ({magic!r} expected at {offset:#x}, "
+                          f"found {found!r})", step="collect", log=log)

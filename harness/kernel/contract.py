@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from harness.arch import ARCHES
 from harness.errors import InvalidArgument
 from harness.layout import CONFIGS
 
 CONTRACT = CONFIGS / "contract.toml"
 STEP = "contract"
-ALL_ARCHES = ("amd64", "arm64")
+ALL_ARCHES = tuple(ARCHES)  # a capability that names no arch is every arch's
 OMISSION_KINDS = ("policy", "hardware")
 
 
@@ -60,11 +61,6 @@ class Omission:
     def matches(self, option: str) -> bool:
         sym = _sym(option)
         return any(fnmatch.fnmatchcase(sym, p) for p in self.patterns)
-
-    @property
-    def exact(self) -> tuple[str, ...]:
-        """The patterns that name one symbol (no wildcard): these must be off in production."""
-        return tuple(p for p in self.patterns if not any(c in p for c in "*?["))
 
 
 @dataclass(frozen=True)

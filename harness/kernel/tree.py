@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from harness import proc
 from harness.errors import CommandFailed, CommandTimeout, CorruptSource, SourceVersionMismatch
-from harness.fsutil import exclusive_lock
+from harness.fsutil import atomic_dir, exclusive_lock
 from harness.kernel.patches import Series
 from harness.kernel.source import Source, tarball_version_from_makefile
 from harness.layout import cache_root
@@ -41,10 +40,7 @@ def prepare(source: Source, series: Series, *, log: Path) -> Path:
             return final
         if final.exists():  # left by an older, interrupted layout: not trusted
             shutil.rmtree(final)
-        tmp = root / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with atomic_dir(final) as tmp:
             LOG.info("[%s] unpacking %s", STEP, source.path)
             try:
                 proc.run(["tar", "-xf", source.path, "-C", tmp, "--strip-components=1"],
@@ -67,8 +63,4 @@ def prepare(source: Source, series: Series, *, log: Path) -> Path:
             (tmp / MARKER).write_text(json.dumps({
                 "source": source.provenance(), "series": series.manifest(),
                 "series_sha256": series.sha256}, indent=2))
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return final

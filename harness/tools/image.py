@@ -15,7 +15,6 @@ file, and the filesystem is copied in at the partition's byte offset.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -141,7 +140,6 @@ def package(tree: Path, out_dir: Path, *, arch: Arch, kernelrelease: str, source
 
 
 def _update_manifest(out_dir: Path, fields: dict[str, Any]) -> None:
-    path = Path(out_dir) / spec.MANIFEST_NAME
-    data = json.loads(path.read_text())
+    data = spec.read_manifest(out_dir)
     data.update(fields)
-    atomic_write_json(path, data)
+    atomic_write_json(Path(out_dir) / spec.MANIFEST_NAME, data)

@@ -10,7 +10,10 @@ guest check mounts (docs/tools-image.md).
 """
 from __future__ import annotations
 
+import json
 import stat
+from pathlib import Path
+from typing import Any
 
 # -- the disk ------------------------------------------------------------------------------------------
 FS_LABEL = "vm-tools"
@@ -22,6 +25,16 @@ LINUX_FS_TYPE_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 IMAGE_NAME = "tools.img"
 MANIFEST_NAME = "tools-manifest.json"
 FILES_NAME = "tools-files.tsv"  # kind, size, sha256 (files), path: the tree the image holds
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """OUT/tools-manifest.json. Raises OSError when it cannot be read, ValueError when it is not a JSON
+    object."""
+    path = Path(out_dir) / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data
+
 
 # -- the tree (paths relative to the filesystem's root, POSIX, no leading slash) ----------------------
 TOP_LEVEL = ("bin", "include", "lib")  # plus lost+found, which mke2fs creates
@@ -77,15 +90,21 @@ KIND_CODES = {kind: code for kind, code, _ in FILE_KINDS}
 KIND_NAMES = {code: word for _, code, word in FILE_KINDS}
 
 
+def file_kind(mode: int) -> str | None:
+    """The kind (file, dir or symlink) of an ``st_mode``; None for what the image never holds."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return None
+
+
 def kind_code(mode: int) -> str:
     """The listing code of an ``st_mode`` (``?`` for what the image never holds)."""
-    if stat.S_ISREG(mode):
-        return KIND_CODES["file"]
-    if stat.S_ISDIR(mode):
-        return KIND_CODES["dir"]
-    if stat.S_ISLNK(mode):
-        return KIND_CODES["symlink"]
-    return "?"
+    kind = file_kind(mode)
+    return KIND_CODES[kind] if kind is not None else "?"
 
 
 # -- the listing (tools-files.tsv) ----------------------------------------------------------------------

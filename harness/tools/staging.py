@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -42,20 +41,21 @@ def scan_tree(root: Path) -> list[Entry]:
                 raise InvalidArgument(f"cannot store {rel!r} in the image: whitespace, quote or "
                                       "control character in the name", step="tools-image")
             st = p.lstat()
-            if stat.S_ISLNK(st.st_mode):
+            kind = spec.file_kind(st.st_mode)
+            if kind is None:
+                raise InvalidArgument(f"{rel}: only files, directories and symlinks go in the image",
+                                      step="tools-image")
+            if kind == "symlink":
                 target = os.readlink(p)
                 if any(c in _BAD_CHARS for c in target):
                     raise InvalidArgument(f"symlink {rel} -> {target!r} has an unstorable target",
                                           step="tools-image")
-                out.append(Entry(rel, "symlink", len(target.encode()), 0o777, target))
-            elif stat.S_ISDIR(st.st_mode):
-                out.append(Entry(rel, "dir", 0, 0o755))
-            elif stat.S_ISREG(st.st_mode):
-                mode = 0o755 if st.st_mode & 0o111 else 0o644
-                out.append(Entry(rel, "file", st.st_size, mode))
+                out.append(Entry(rel, kind, len(target.encode()), 0o777, target))
+            elif kind == "dir":
+                out.append(Entry(rel, kind, 0, 0o755))
             else:
-                raise InvalidArgument(f"{rel}: only files, directories and symlinks go in the image",
-                                      step="tools-image")
+                mode = 0o755 if st.st_mode & 0o111 else 0o644
+                out.append(Entry(rel, kind, st.st_size, mode))
     out.sort(key=lambda e: PurePosixPath(e.path).parts)
     return out
 

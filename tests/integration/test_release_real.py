@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import ccache_counters
 import pytest
 
 from harness import ccache, layout, oci
@@ -244,7 +245,7 @@ def _make(root: Path, ccache_dir: Path, extra_env: dict[str, str] | None = None)
     env = {**os.environ, **build.make_env(), "CCACHE_DIR": str(ccache_dir), **(extra_env or {})}
     env.pop("CCACHE_DISABLE", None)
     subprocess.run(["make", "-j2", "CC=ccache gcc"], cwd=root, env=env, check=True, capture_output=True, timeout=300)
-    return ccache.stats({"CCACHE_DIR": str(ccache_dir)})
+    return ccache_counters.stats({"CCACHE_DIR": str(ccache_dir)})
 
 
 @pytest.fixture
@@ -270,7 +271,7 @@ def test_a_fresh_build_gets_its_objects_from_the_shared_redis_cache(redis, tmp_p
     assert first["remote_storage_miss"] == N_OBJECTS and first["remote_storage_write"] >= N_OBJECTS
     second = _make(_project(tmp_path / "build" / "runner-2"), tmp_path / "ccache-2")
     assert second["local_storage_miss"] == N_OBJECTS, "the second runner's local cache was empty"
-    rate = ccache.remote_hit_rate(second)
+    rate = ccache_counters.remote_hit_rate(second)
     with capfd.disabled():
         print(f"\nremote (Redis) hit rate of the second build: {rate:.0%} ({second['remote_storage_hit']} of "
               f"{N_OBJECTS} objects)", file=sys.stderr)

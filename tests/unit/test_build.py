@@ -147,7 +147,7 @@ def test_successful_build_writes_a_complete_manifest(world, fake_tarball):
     assert kconfig.audit(req.variant.requests(AMD64), resolved) == []
     image = (out / "vmlinuz").read_bytes()
     # the timestamp is the source date: the fake tarball's Makefile mtime (normalised to the epoch)
-    assert image.startswith(b"HdrS") and (b"Linux version 6.12.117-neonvm-test (neonvm@neonvm-harness) #1 "
+    assert image[0x202:0x206] == b"HdrS" and (b"Linux version 6.12.117-neonvm-test (neonvm@neonvm-harness) #1 "
                                           b"1970-01-01 00:00:00 UTC") in image
     assert sorted(p.name for p in out.iterdir()) == [".lock", "System.map", "config", "logs", "manifest.json",
                                                      "vmlinuz"]  # nothing temporary left
@@ -163,7 +163,7 @@ def test_arm64_cross_build(world, fake_tarball, cross_gcc):
                                      "EXTRAVERSION=-custom"]
     assert manifest["toolchain"]["cc"] == "aarch64-linux-gnu-gcc (fakelinux) 12.2.0"
     assert manifest["toolchain"]["ld"] == "aarch64-linux-gnu-ld (fakelinux) 12.2.0"
-    assert (out / "vmlinuz").read_bytes().startswith(b"ARMd")
+    assert (out / "vmlinuz").read_bytes()[0x38:0x3c] == b"ARM\x64"
     assert "CONFIG_EFI=y" in (out / "config").read_text() and "CONFIG_ACPI=y" not in (out / "config").read_text()
     assert manifest["fragments"][-1] == "configs/fragments/arch/arm64.config"
 
@@ -284,6 +284,16 @@ def test_missing_image_after_make(world, fake_tarball):
         build.build(req)
     assert exc.value.step == "collect"
     assert f"make succeeded but {req.build_dir / 'arch/x86/boot/nothing'} is missing" in str(exc.value)
+    assert not (world.out / "amd64" / "manifest.json").exists()
+
+
+def test_an_image_without_its_header_is_not_collected(world, fake_tarball):
+    req = world.request(tarball=fake_tarball)
+    req.arch = dataclasses.replace(AMD64, image_magic=(0x202, b"HdrT"))
+    with pytest.raises(BuildFailed) as exc:
+        build.build(req)
+    assert exc.value.step == "collect" and "is not a amd64 boot image (b'HdrT' expected at 0x202" in str(exc.value)
+    assert not (world.out / "amd64" / "vmlinuz").exists()
     assert not (world.out / "amd64" / "manifest.json").exists()
 
 

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import ccache_counters
 import pytest
 
 from harness import ccache
@@ -134,11 +135,11 @@ def test_make_env_pins_what_the_kernel_bakes_in(monkeypatch, tmp_path, redis_lik
 
 
 def test_hit_rate():
-    assert ccache.remote_hit_rate({"remote_storage_hit": 3, "remote_storage_miss": 1}) == 0.75
-    assert ccache.remote_hit_rate({}) == 0.0
+    assert ccache_counters.remote_hit_rate({"remote_storage_hit": 3, "remote_storage_miss": 1}) == 0.75
+    assert ccache_counters.remote_hit_rate({}) == 0.0
 
 
 @pytest.mark.skipif(not shutil.which("ccache"), reason="ccache is not installed")
 def test_stats_reads_ccaches_counters(tmp_path):
-    counters = ccache.stats({"CCACHE_DIR": str(tmp_path / "cc")})
+    counters = ccache_counters.stats({"CCACHE_DIR": str(tmp_path / "cc")})
     assert counters["remote_storage_hit"] == 0 and "local_storage_miss" in counters

@@ -166,6 +166,28 @@ def test_cloud_kernel_taken_from_the_tree(tmp_path):
         image._take_cloud_kernel(tree, dest, step="t")
 
 
+def test_cloud_kernel_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot" / "vmlinuz-6.1.0-9-cloud-amd64").write_bytes(b"K")
+    (tree / "boot" / "initrd.img-6.1.0-9-cloud-amd64").write_bytes(b"I")
+    dest = tmp_path / "root-amd64-k.cloud-kernel"
+    dest.mkdir()
+    (dest / "stale").write_text("x")
+    image._take_cloud_kernel(tree, dest, step="t")
+    assert sorted(p.name for p in dest.iterdir()) == ["initrd.img", "release", "vmlinuz"]
+
+    def failing_copy(src, dst):
+        if Path(dst).name == "initrd.img":
+            raise OSError("disk full")
+        Path(dst).write_bytes(b"new")
+    monkeypatch.setattr(image.shutil, "copyfile", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        image._take_cloud_kernel(tree, dest, step="t")
+    assert (dest / "vmlinuz").read_bytes() == b"K"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root-amd64-k.cloud-kernel", "tree"]
+
+
 def test_an_image_without_its_metadata_is_not_a_cached_image(tmp_path, monkeypatch):
     monkeypatch.setattr(image, "cache_root", lambda: tmp_path)
     path = image.image_path(AMD64)

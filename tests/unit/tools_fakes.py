@@ -131,7 +131,7 @@ class FakeDisk:
     def built(cls, out: Path, tree: Path, **kw: Any) -> FakeDisk:
         """The disk of an image ``package`` made from ``tree`` in ``out``: its superblock figures
         are the ones the build recorded."""
-        fs = json.loads((out / spec.MANIFEST_NAME).read_text())["filesystem"]
+        fs = spec.read_manifest(out)["filesystem"]
         sb = {"Block count": str(fs["blocks"]), "Free blocks": str(fs["free_blocks"]),
               "Inode count": str(fs["inodes"]), "Free inodes": str(fs["free_inodes"]),
               "Block size": str(fs["block_size"])}

@@ -30,6 +30,7 @@ from harness.boot.vm import GUEST_HOSTNAME, GUEST_IP, GUEST_NETDEV, LOG_PORT_NAM
 from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
 from harness.kernel import contract as contract_mod
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -271,22 +272,22 @@ def powerdown(guest: Guest, ev: Evidence) -> None:
     if rc != 0:
         raise InfraError("acpid is not running in the test initramfs", step=step)
     ev["acpid_pid"] = out.strip()
-    start = time.monotonic()
-    guest.qmp.execute("system_powerdown")
-    try:
-        guest.console.wait(re.escape(POWER_MARKER), timeout=POWERDOWN_SECONDS, scaled=False, step=step,
-                           what="acpid to run the power-button action")
-    except GuestTimeout as exc:
-        raise _fail(guest, "contract-powerdown", f"the power button did not reach acpid: {exc.message}", step) \
-            from exc
-    ev["acpid_seconds"] = round(time.monotonic() - start, 2)
-    left = POWERDOWN_SECONDS - (time.monotonic() - start)
-    shutdown = guest.qmp.wait_event("SHUTDOWN", timeout=max(1.0, left), step=step)
+    with Timer() as since_button:
+        guest.qmp.execute("system_powerdown")
+        try:
+            guest.console.wait(re.escape(POWER_MARKER), timeout=POWERDOWN_SECONDS, scaled=False, step=step,
+                               what="acpid to run the power-button action")
+        except GuestTimeout as exc:
+            raise _fail(guest, "contract-powerdown", f"the power button did not reach acpid: {exc.message}",
+                        step) from exc
+        ev["acpid_seconds"] = round(since_button.elapsed, 2)
+        left = POWERDOWN_SECONDS - since_button.elapsed
+        shutdown = guest.qmp.wait_event("SHUTDOWN", timeout=max(1.0, left), step=step)
     if shutdown is None:
         raise _fail(guest, "contract-powerdown", f"the guest did not power off within {POWERDOWN_SECONDS}s of "
                     "system_powerdown", step)
     ev["shutdown_event"] = shutdown.get("data", {})
-    ev["seconds_to_power_off"] = round(time.monotonic() - start, 2)
+    ev["seconds_to_power_off"] = round(since_button.duration, 2)
     if shutdown.get("data", {}).get("reason") != "guest-shutdown":
         raise _fail(guest, "contract-powerdown", f"QEMU stopped for {shutdown.get('data')}, not a guest power-off",
                     step)

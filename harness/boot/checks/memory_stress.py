@@ -22,6 +22,7 @@ from harness.boot.console import GuestTimeout, scan_failures
 from harness.boot.vm import VIRTIO_MEM_ID
 from harness.check import Evidence
 from harness.errors import CheckFailed, InvalidArgument
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -57,19 +58,19 @@ def resize(guest: Guest, target_mib: int, step: str) -> Evidence:
     before_blocks = memory_blocks(guest, step)
     target = target_mib * MIB
     guest.qmp.forget_pending()
-    start = time.monotonic()
-    guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": target})
-    deadline = start + ROUND_TIMEOUT * guest.console.scale
-    stall = STALL_SECONDS * guest.console.scale
-    size, reached = _device_size(guest), False
-    while not (reached := size == target) and (left := deadline - time.monotonic()) > 0:
-        ev = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=min(stall, left), step=step,
-                                  match=lambda d: d.get("id") == VIRTIO_MEM_ID)
-        now = _device_size(guest)
-        if ev is None and now == size:
-            break  # no progress for a whole stall period
-        size = now
-    seconds = round(time.monotonic() - start, 2)
+    with Timer() as clock:
+        guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": target})
+        deadline = clock.start + ROUND_TIMEOUT * guest.console.scale
+        stall = STALL_SECONDS * guest.console.scale
+        size, reached = _device_size(guest), False
+        while not (reached := size == target) and (left := deadline - time.monotonic()) > 0:
+            ev = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=min(stall, left), step=step,
+                                      match=lambda d: d.get("id") == VIRTIO_MEM_ID)
+            now = _device_size(guest)
+            if ev is None and now == size:
+                break  # no progress for a whole stall period
+            size = now
+    seconds = round(clock.duration, 2)
     after_blocks = memory_blocks(guest, step)
     return {"target_mib": target_mib, "reached_mib": size // MIB, "seconds": seconds, "reached": reached,
             "blocks_added": len(after_blocks - before_blocks), "blocks_removed": len(before_blocks - after_blocks)}

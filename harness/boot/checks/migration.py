@@ -46,6 +46,7 @@ from harness.boot.console import scan_failures
 from harness.boot.vm import VIRTIO_MEM_ID, Vm
 from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
+from harness.progress import Timer
 
 if TYPE_CHECKING:
     from harness.boot.qmp import Qmp
@@ -319,12 +320,13 @@ def _migrate(guest: Guest, dest: Vm, rec: Evidence, step: str, *,
     src.qmp.forget_pending()  # only this migration's events count
     if before_migrate:
         before_migrate()
-    start = time.monotonic()
-    src.qmp.execute("migrate", {"uri": dest.migration_uri})
-    if before_migrate:  # what the in-flight resize had reached when the migration began
-        rec["device_size_mib_when_migration_began"] = device_size(src.qmp) // MIB
-    info = wait_migration(src.qmp, timeout=MIGRATE_TIMEOUT * scale, step=step, setup_timeout=SETUP_TIMEOUT * scale)
-    rec["host_seconds"] = round(time.monotonic() - start, 2)
+    with Timer() as migrating:
+        src.qmp.execute("migrate", {"uri": dest.migration_uri})
+        if before_migrate:  # what the in-flight resize had reached when the migration began
+            rec["device_size_mib_when_migration_began"] = device_size(src.qmp) // MIB
+        info = wait_migration(src.qmp, timeout=MIGRATE_TIMEOUT * scale, step=step,
+                              setup_timeout=SETUP_TIMEOUT * scale)
+    rec["host_seconds"] = round(migrating.duration, 2)
     rec.update(figures(info))
     status = info.get("status")
     if status != "completed":
@@ -373,9 +375,9 @@ def _migrate(guest: Guest, dest: Vm, rec: Evidence, step: str, *,
 
 def _arrived(guest: Guest, rec: Evidence, step: str, clock0: ClockSample, dmesg0: str) -> None:
     """What must hold as soon as the guest runs in the destination: a console, its clock, its dmesg."""
-    t = time.monotonic()
-    guest.sh(f"echo arrived in {guest.vm.tag}", step=step, timeout=30)
-    rec["seconds_to_console"] = round(time.monotonic() - t, 2)
+    with Timer() as to_console:
+        guest.sh(f"echo arrived in {guest.vm.tag}", step=step, timeout=30)
+    rec["seconds_to_console"] = round(to_console.duration, 2)
     clock1 = sample_clock(guest, step)
     delta, limit, problem = clock_problem(clock0, clock1, rec.get("downtime_ms", 0))
     rec["clock_offset_before_s"] = round(clock0.offset, 3)

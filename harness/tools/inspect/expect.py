@@ -7,7 +7,6 @@ the checks that need the missing piece are skipped with the reason.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +49,9 @@ class Expectation:
         image_manifest = None
         if (out_dir / spec.MANIFEST_NAME).is_file():
             try:
-                data = json.loads((out_dir / spec.MANIFEST_NAME).read_text())
+                image_manifest = spec.read_manifest(out_dir)
             except (OSError, ValueError) as exc:  # the checks that need it fail as "did not finish"
                 problems.append(f"cannot read {out_dir / spec.MANIFEST_NAME}: {exc}")
-            else:
-                image_manifest = data if isinstance(data, dict) else None
         listing = None
         if (out_dir / spec.FILES_NAME).is_file():
             try:
