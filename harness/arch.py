@@ -33,7 +33,7 @@ class Arch:
     kernel_cmdline_extra: tuple[str, ...]
     cpu_hotplug_qmp: bool  # the runner hot-plugs vCPUs through QMP device_add (amd64) ...
     cpu_hotplug_sysfs: bool  # ... or scales them through sysfs online/offline
-    # Under TCG, boot the guest with online-capable FACP/APIC from an early initrd cpio (harness/acpitables.py):
+    # Under TCG, boot the guest with online-capable FACP/APIC from an early initrd cpio (harness/boot/acpitables.py):
     # x86 Linux >= 6.9 allows no hotplug vCPU under TCG with QEMU's own tables (revision 3, no Online Capable).
     tcg_online_capable_acpi: bool
     acpi_dimm: bool  # ACPI pc-dimm memory hotplug

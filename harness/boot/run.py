@@ -20,7 +20,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness import manifest, proc, report
+from harness import fsutil, manifest, proc, report
 from harness.arch import Arch
 from harness.boot import acpitables, initramfs
 from harness.boot.checks import (
@@ -94,16 +94,13 @@ def make_data_disk(path: Path, *, log: Path) -> Path:
     """A disk made the way the VM runner makes the Postgres data disk: ext4 with a label, project
     quota (``tune2fs -Q prjquota``) and ``prjquota`` in its default mount options. Made fresh for
     every boot (the guest writes to it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.truncate(DATA_DISK_MIB << 20)
     step = "data-disk"
-    proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, str(tmp)], step=step, log=log, timeout=60)
-    proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", str(tmp)], step=step, log=log, timeout=60)
-    proc.run(["tune2fs", "-E", "mount_opts=prjquota", str(tmp)], step=step, log=log, timeout=60)
-    tmp.replace(path)
+    with fsutil.atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.truncate(DATA_DISK_MIB << 20)
+        proc.run(["mkfs.ext4", "-q", "-F", "-L", contract.DATA_LABEL, tmp], step=step, log=log, timeout=60)
+        proc.run(["tune2fs", "-O", "project", "-Q", "prjquota", tmp], step=step, log=log, timeout=60)
+        proc.run(["tune2fs", "-E", "mount_opts=prjquota", tmp], step=step, log=log, timeout=60)
     return path
 
 

@@ -28,7 +28,7 @@ def test_menuconfig_opens_on_the_committed_config_and_saves_into_the_fragments(t
     env = dict(os.environ, TERM="xterm", LANG="C.UTF-8")
     child = pexpect.spawn(sys.executable, ["-m", "harness", "menuconfig", "arm64", "--dry-run"], cwd=REPO, env=env,
                           dimensions=(40, 120), encoding="utf-8", codec_errors="replace", timeout=300)
-    child.logfile_read = open(tmp_path / "menuconfig.log", "w")  # noqa: SIM115 (closed with the child)
+    child.logfile_read = open(tmp_path / "menuconfig.log", "w")  # closed with the child
     try:
         child.expect(f"Linux/arm64 {version} Kernel Configuration")
         child.send("/")

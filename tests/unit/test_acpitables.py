@@ -1,4 +1,4 @@
-"""Online-capable FACP/APIC for vCPU hotplug under TCG (harness/acpitables.py), on QEMU's real tables
+"""Online-capable FACP/APIC for vCPU hotplug under TCG (harness/boot/acpitables.py), on QEMU's real tables
 (fixtures/acpi/: read by a guest of the amd64 boot test's VM), and cpu-qmp's use of the override."""
 from __future__ import annotations
 

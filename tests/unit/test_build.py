@@ -1,4 +1,4 @@
-"""harness/build.py: the whole pipeline on the fake kernel tree, its manifest, and its failures."""
+"""harness/kernel/build.py: the whole pipeline on the fake kernel tree, its manifest, and its failures."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""harness/configs.py: the committed configs (update-configs, audit) and moving the pin (upgrade)."""
+"""harness/kernel/configs.py: the committed configs (update-configs, audit) and moving the pin (upgrade)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""harness/kconfig.py: fragments, variants, resolution with the (fake) kernel's tools, the audit."""
+"""harness/kernel/kconfig.py: fragments, variants, resolution with the (fake) kernel's tools, the audit."""
 from __future__ import annotations
 
 import os

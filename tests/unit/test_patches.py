@@ -1,4 +1,4 @@
-"""harness/patches.py: the series (sorted, hashed) and its application to a fresh tree."""
+"""harness/kernel/patches.py: the series (sorted, hashed) and its application to a fresh tree."""
 from __future__ import annotations
 
 import hashlib

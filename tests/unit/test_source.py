@@ -1,4 +1,4 @@
-"""harness/source.py: the pin, the providers (local, kernel.org, Debian) and their verification."""
+"""harness/kernel/source.py: the pin, the providers (local, kernel.org, Debian) and their verification."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""harness/tree.py: unpacking a verified tarball into the tree cache (patching: test_patches.py)."""
+"""harness/kernel/tree.py: unpacking a verified tarball into the tree cache (patching: test_patches.py)."""
 from __future__ import annotations
 
 import json
