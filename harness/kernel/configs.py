@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.arch import Arch, get_arch
-from harness.errors import InvalidArgument, PatchFailed, SourceMissing
+from harness.errors import ConfigAuditFailed, InvalidArgument, PatchFailed, SourceMissing
 from harness.fsutil import atomic_write_text, sha256_file
 from harness.kernel import kconfig, setconfig, source, tree
 from harness.kernel.patches import Series
@@ -37,10 +37,19 @@ def update(arches: list[Arch]) -> int:
     log.write_text("")
     src, src_tree = _tree(pin, log)
     variant = kconfig.get_variant(PRODUCTION)
-    for arch in arches:
-        resolved = kconfig.resolve(src_tree, arch, variant, log=log)
-        kconfig.check(variant.requests(arch), resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION}",
-                      arch=arch)
+    resolved_by_arch: dict[Arch, Path] = {}
+    refused: list[ConfigAuditFailed] = []
+    for arch in arches:  # every arch resolved and audited before anything is written
+        resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
+        try:
+            kconfig.check(variant.requests(arch), resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION}",
+                          arch=arch, stream=sys.stdout)
+        except ConfigAuditFailed as exc:
+            refused.append(exc)
+    if refused:
+        more = f"; {len(refused) - 1} more arch(es) above" if len(refused) > 1 else ""
+        raise ConfigAuditFailed(f"{refused[0].message}{more}; nothing written", step="audit", log=log)
+    for arch, resolved in resolved_by_arch.items():
         dest = kconfig.committed_config_path(arch, src.version)
         if dest.is_file():
             changes = kconfig.diff(src_tree, dest, resolved, log=log)
@@ -68,19 +77,25 @@ def audit_committed(arches: list[Arch]) -> int:
             continue
         requests = variant.requests(arch)
         findings = kconfig.audit(requests, kconfig.parse_config_text(path.read_text()))
-        if findings:
-            if src_tree is None:
-                _, src_tree = _tree(pin, log)
-            findings = kconfig.explain_findings(findings, requests, path, src_tree, arch, log)
-            print(f"FAIL {arch.name}: {path.name}: {len(findings)} requested option(s) dropped or changed")
-            for f in findings:
-                print(f"  {f.describe()}")
-            failures += 1
-            continue
-        # the committed file must be exactly what the fragments resolve to on the pinned tree
         if src_tree is None:
             _, src_tree = _tree(pin, log)
+        # the committed file must be exactly what the fragments resolve to on the pinned tree
         resolved = kconfig.resolve(src_tree, arch, variant, log=log)
+        if findings:
+            fresh = kconfig.findings_of(requests, resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION}",
+                                        arch=arch)
+            if fresh:  # the fragments ask for what Kconfig will not give: the fragments must change
+                print(f"FAIL {arch.name}: the fragments resolve to a config without {len(fresh)} requested "
+                      "option(s); fix the fragments ('nox -s set-config' shows why a change is refused):")
+                for f in fresh:
+                    print(f"  {f.describe()}")
+            else:  # the fragments are fine; the committed file is behind them
+                print(f"FAIL {arch.name}: {path.name} is stale: it lacks {len(findings)} requested option(s) "
+                      "the fragments now resolve; bring it in line with 'nox -s update-configs':")
+                for f in findings:
+                    print(f"  {f.describe()}")
+            failures += 1
+            continue
         if resolved.read_bytes() != path.read_bytes():
             changes = kconfig.diff(src_tree, path, resolved, log=log)
             print(f"FAIL {arch.name}: {path.name} is stale; the fragments now resolve to:\n{changes}"
@@ -169,12 +184,17 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     variant = kconfig.get_variant(PRODUCTION)
     resolved_by_arch: dict[Arch, Path] = {}
     answers: dict[Arch, list[setconfig.Change]] = {}
+    refused: list[tuple[str, list[kconfig.Finding]]] = []
     for arch in _all_arches():
         oldcfg = kconfig.committed_config_path(arch, old.version)
         resolved = resolved_by_arch[arch] = kconfig.resolve(src_tree, arch, variant, log=log)
         requests = variant.requests(arch)
-        kconfig.check(requests, resolved, src_tree, log=log, label=f"{arch.name}/{PRODUCTION} on {version}",
-                      arch=arch)
+        label = f"{arch.name}/{PRODUCTION} on {version}"
+        findings = kconfig.findings_of(requests, resolved, src_tree, log=log, label=label, arch=arch)
+        if findings:  # reported now, refused once the whole report is out
+            refused.append((label, findings))
+            print(f"{label}: {len(findings)} requested option(s) dropped or changed:")
+            print("\n".join(f"  {f.describe()}" for f in findings))
         if not oldcfg.is_file():
             continue
         values = kconfig.parse_config_text(resolved.read_text())
@@ -192,6 +212,11 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     mentions = up.replace_mentions(repo, up.tracked_files(repo), pairs)
     print(f"other mentions of {old.version} in the repository: "
           + (", ".join(f"{m.path.relative_to(repo)} ({m.count})" for m in mentions) or "none"))
+    staged = _stage_answers(src_tree, answers, version, log)
+    if refused:
+        label, findings = refused[0]
+        more = f"; {len(refused) - 1} more arch(es) above" if len(refused) > 1 else ""
+        raise kconfig.failure(label, findings, log, suffix=f"{more}; nothing written")
     if dry_run:
         print("dry run: nothing written")
         return 0
@@ -203,11 +228,21 @@ def upgrade(version: str, *, debian_version: str | None = None, sha256: str | No
     atomic_write_text(old.path, text)
     for m in mentions:
         atomic_write_text(m.path, m.new_text)
-    for arch, chosen in answers.items():
-        if chosen:
-            setconfig.set_config(src_tree, [arch], chosen, version=version, log=log)
+    for arch, chosen in staged.items():
+        setconfig.set_config(src_tree, [arch], chosen, version=version, log=log)
     print(f"pinned {version}; review 'git diff' and commit")
     return 0
+
+
+def _stage_answers(src_tree: Path, answers: dict[Arch, list[setconfig.Change]], version: str,
+                   log: Path) -> dict[Arch, list[setconfig.Change]]:
+    """``--interactive``'s answers, shown and tried (set-config's dry run: placed, resolved, audited)
+    before anything of the upgrade is written; a refused answer refuses the upgrade."""
+    staged = {arch: chosen for arch, chosen in answers.items() if chosen}
+    for arch, chosen in staged.items():
+        print(f"{arch.name}: your answers, to go into the fragments: " + " ".join(c.line for c in chosen))
+        setconfig.set_config(src_tree, [arch], chosen, version=version, log=log, dry_run=True)
+    return staged
 
 
 def _answer_new_symbols(src_tree: Path, arch: Arch, scratch: Path, symbols: list[str], values: dict[str, str],

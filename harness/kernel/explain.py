@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import kconfiglib
 from kconfiglib import Choice, Symbol
@@ -273,6 +273,7 @@ def from_requests(requests: Iterable[_RequestLike]) -> dict[str, tuple[str, str]
 
 # --- expressions --------------------------------------------------------------------------------
 
+_TRI = {"n": 0, "m": 1, "y": 2}
 _RELATIONS = frozenset({kconfiglib.EQUAL, kconfiglib.UNEQUAL, kconfiglib.LESS, kconfiglib.LESS_EQUAL,
                         kconfiglib.GREATER, kconfiglib.GREATER_EQUAL})
 _BOOL_TRI = frozenset({kconfiglib.BOOL, kconfiglib.TRISTATE})
@@ -433,7 +434,7 @@ class _Walker:
         if len(expr) == 2:  # NOT: !x < t  <=>  x >= 3 - t;  !x >= t  <=>  x < 3 - t
             return self._causes(expr[1], 3 - t, not low, depth, path)
         if op in _RELATIONS:
-            return []
+            return self._relation_causes(expr, low, depth, path)
         out: list[Step] = []
         if low:
             if op == kconfiglib.AND:
@@ -446,6 +447,29 @@ class _Walker:
             for conj in _split(expr, kconfiglib.AND):
                 out += self._causes(conj, t, low, depth, path)
         return out
+
+    def _relation_causes(self, expr: tuple[Any, ...], low: bool, depth: int,
+                         path: frozenset[tuple[str, bool, int]]) -> list[Step]:
+        """A comparison of a bool/tristate symbol with n, m or y (``A = y``, ``A != n``) is a threshold
+        on that symbol: follow it. Other comparisons (strings, numbers, two symbols) end the chain."""
+        op, left, right = expr
+        if op not in (kconfiglib.EQUAL, kconfiglib.UNEQUAL):
+            return []
+        sym, const = (right, left) if left.is_constant else (left, right)
+        if (sym.is_constant or not const.is_constant or const.name not in _TRI
+                or sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE)):
+            return []
+        c, v = _TRI[const.name], sym.tri_value
+        # unmet '=' and met '!=' both say "the symbol is not c"; unmet '!=' and met '=' say "it is c"
+        if (op == kconfiglib.EQUAL) == low:
+            if v == c:
+                return []
+            return [self.low(sym, c, depth, path) if v < c else self.high(sym, c + 1, depth, path)]
+        if c == 0:
+            return [self.low(sym, 1, depth, path)]
+        if c == 2:
+            return [self.high(sym, 2, depth, path)]
+        return []  # it is m: too low for y and too high for n at once
 
     def _sym(self, sym: Symbol, t: int, low: bool, depth: int, path: frozenset[tuple[str, bool, int]]) -> Step:
         return self.low(sym, t, depth, path) if low else self.high(sym, t, depth, path)

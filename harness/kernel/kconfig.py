@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from harness import proc
 from harness.arch import Arch
@@ -223,22 +223,39 @@ def explain_findings(findings: list[Finding], requests: dict[str, Request], conf
 
 
 def check(requests: dict[str, Request], config_path: Path, tree: Path, *, log: Path,
-          label: str, arch: Arch) -> None:
+          label: str, arch: Arch, stream: TextIO | None = None) -> None:
     """Audit ``config_path``; raise ConfigAuditFailed with the first dropped option and its root
-    cause (the full list in the log)."""
-    resolved = parse_config_text(config_path.read_text())
-    findings = audit(requests, resolved)
+    cause. Every finding goes to the log, and to ``stream`` when given (the config commands show
+    them all; the build's one-line error names the log)."""
+    findings = findings_of(requests, config_path, tree, log=log, label=label, arch=arch)
+    if not findings:
+        return
+    if stream is not None:
+        print(f"{label}: {len(findings)} requested option(s) dropped or changed:", file=stream)
+        for f in findings:
+            print(f"  {f.describe()}", file=stream)
+    raise failure(label, findings, log)
+
+
+def findings_of(requests: dict[str, Request], config_path: Path, tree: Path, *, log: Path,
+                label: str, arch: Arch) -> list[Finding]:
+    """The requests ``config_path`` does not honour, each with its root cause (also written to the log)."""
+    findings = audit(requests, parse_config_text(config_path.read_text()))
     if not findings:
         LOG.info("[audit] %s: all %d requested options present", label, len(requests))
-        return
+        return []
     findings = explain_findings(findings, requests, config_path, tree, arch, log)
     with open(log, "a") as fh:
         fh.write(f"\n### audit of {config_path} ({label}): {len(findings)} option(s) dropped or changed\n")
         for f in findings:
             fh.write(f.describe() + "\n")
-    first = findings[0].describe()
+    return findings
+
+
+def failure(label: str, findings: list[Finding], log: Path, *, suffix: str = "") -> ConfigAuditFailed:
+    """The one-line error for ``findings``: the first one with its cause, and how many more."""
     more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
-    raise ConfigAuditFailed(f"{label}: {first}{more}", step="audit", log=log)
+    return ConfigAuditFailed(f"{label}: {findings[0].describe()}{more}{suffix}", step="audit", log=log)
 
 
 # -- resolution ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from harness.arch import ARCHES, get_arch
 from harness.fsutil import sha256_file
 from harness.kernel import configs, kconfig
+from harness.kernel.source import Pin
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +23,9 @@ def _image_magic_ok(arch: str, data: bytes) -> bool:
 def test_smoke_build_produces_image_and_manifest(smoke_build, arch):
     out = smoke_build[arch]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["version"] == "6.12.117"
-    assert manifest["kernelrelease"] == f"6.12.117{manifest['suffix']}"
+    pinned = Pin.load().version
+    assert manifest["version"] == pinned
+    assert manifest["kernelrelease"] == f"{pinned}{manifest['suffix']}"
     assert manifest["source"]["provider"] == "debian"
     assert manifest["source"]["sha256"] == sha256_file(manifest["source"]["path"])
     for name, art in manifest["artifacts"].items():

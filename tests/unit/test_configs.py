@@ -91,10 +91,42 @@ def test_audit_of_a_committed_config_missing_a_requested_option(pinned, capsys):
     committed.write_text(committed.read_text().replace("CONFIG_VIRTIO_MEM=y\n", ""))
     rc, out, err = run(capsys, "audit", "amd64")
     assert rc == 1
-    assert out.splitlines()[:2] == [
-        f"FAIL amd64: {AMD64_CONFIG}: 1 requested option(s) dropped or changed",
-        "  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at configs/fragments/virtio.config:5); "
-        "why: VIRTIO_MEM=n <- VIRTIO=n has no prompt, no default"]
+    assert out.splitlines()[:2] == [  # the fragments still resolve it: the committed file is behind them
+        f"FAIL amd64: {AMD64_CONFIG} is stale: it lacks 1 requested option(s) the fragments now resolve; "
+        "bring it in line with 'nox -s update-configs':",
+        "  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at configs/fragments/virtio.config:5)"]
+
+
+def _pin_tree_dropping(world, mirror, option):
+    """The same version, from a tree whose olddefconfig drops ``option`` (as a Kconfig change would)."""
+    tarball = world.pack(unsatisfiable=(option,))
+    mirror.publish(tarball)
+    world.write_pin(kernelorg_sha256=tarball.sha256)
+
+
+def test_audit_of_fragments_kconfig_cannot_honour(pinned, mirror, capsys):
+    assert run(capsys, "update-configs", "amd64")[0] == 0
+    committed = pinned.configs / AMD64_CONFIG
+    committed.write_text(committed.read_text().replace("CONFIG_VIRTIO_MEM=y\n", ""))
+    _pin_tree_dropping(pinned, mirror, "CONFIG_VIRTIO_MEM")
+    rc, out, err = run(capsys, "audit", "amd64")
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines[0] == ("FAIL amd64: the fragments resolve to a config without 1 requested option(s); fix the "
+                        "fragments ('nox -s set-config' shows why a change is refused):")
+    assert lines[1].startswith("  CONFIG_VIRTIO_MEM: requested y, resolved n (absent) (asked for at "
+                               "configs/fragments/virtio.config:5); why: ")
+
+
+def test_update_configs_reports_every_arch_and_writes_none(pinned, mirror, capsys):
+    _pin_tree_dropping(pinned, mirror, "CONFIG_VIRTIO_MEM")
+    rc, out, err = run(capsys, "update-configs")
+    assert rc == 2
+    assert "amd64/production: 1 requested option(s) dropped or changed:" in out
+    assert "arm64/production: 1 requested option(s) dropped or changed:" in out
+    assert err.startswith("error: [audit] amd64/production: CONFIG_VIRTIO_MEM: requested y")
+    assert "; 1 more arch(es) above; nothing written (log: " in err
+    assert not list(pinned.configs.glob("linux-config-*"))
 
 
 def test_audit_without_a_committed_config(pinned, capsys):
@@ -138,6 +170,10 @@ def test_failed_upgrade_changes_nothing(pinned, mirror, capsys, cross_gcc):
     mirror.publish(new)
     rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256)
     assert rc == 2 and err.startswith("error: [audit] amd64/production on 6.12.118: CONFIG_VIRTIO_MEM: ")
+    assert "; 1 more arch(es) above; nothing written (log: " in err
+    # the whole report came out first: both arches' findings, the new symbols, the mentions
+    assert "arm64/production on 6.12.118: 1 requested option(s) dropped or changed:" in out
+    assert "Kconfig symbol(s) new in 6.12.118" in out and "other mentions of 6.12.117" in out
     assert {p.name: p.read_bytes() for p in pinned.configs.iterdir() if p.is_file()} == before
 
 
@@ -242,6 +278,12 @@ def test_upgrade_interactive_records_the_answers_in_the_fragments(pinned, mirror
         return 0
 
     monkeypatch.setattr(configs.proc, "interactive", answer)
+    pin_before = (pinned.configs / "kernel.toml").read_text()
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256, "--interactive", "--dry-run")
+    assert rc == 0, err  # a dry run shows the answers and tries them, writes nothing
+    assert "amd64: your answers, to go into the fragments: CONFIG_VIRTIO_MENU=y" in out
+    assert (pinned.configs / "kernel.toml").read_text() == pin_before
+    assert "CONFIG_VIRTIO_MENU" not in (pinned.configs / "fragments" / "arch" / "amd64.config").read_text()
     rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256, "--interactive")
     assert rc == 0, err
     for arch in ("amd64", "arm64"):
@@ -249,3 +291,22 @@ def test_upgrade_interactive_records_the_answers_in_the_fragments(pinned, mirror
         assert frag[-1] == "CONFIG_VIRTIO_MENU=y"
         committed = (pinned.configs / f"linux-config-{'aarch64' if arch == 'arm64' else arch}-6.12.118").read_text()
         assert "CONFIG_VIRTIO_MENU=y\n" in committed
+
+
+def test_upgrade_interactive_with_a_refused_answer_writes_nothing(pinned, mirror, capsys, cross_gcc, monkeypatch):
+    assert run(capsys, "update-configs")[0] == 0
+    before = {p: p.read_bytes() for p in pinned.configs.rglob("*") if p.is_file()}
+    new = pinned.pack("6.12.118", files={"fake-newconfig": "CONFIG_VIRTIO_MENU=n\n"},
+                      unsatisfiable=("CONFIG_VIRTIO_MENU",))
+    mirror.publish(new)
+
+    def answer(argv, *, step, cwd=None):
+        scratch = Path(next(a for a in argv if str(a).startswith("O="))[2:])
+        with open(scratch / ".config", "a") as fh:
+            fh.write("CONFIG_VIRTIO_MENU=y\n")
+        return 0
+
+    monkeypatch.setattr(configs.proc, "interactive", answer)
+    rc, out, err = run(capsys, "upgrade", "6.12.118", "--sha256", new.sha256, "--interactive")
+    assert rc == 2 and err.startswith("error: [set-config] refused, nothing written: amd64: CONFIG_VIRTIO_MENU"), err
+    assert {p: p.read_bytes() for p in pinned.configs.rglob("*") if p.is_file()} == before

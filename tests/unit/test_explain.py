@@ -223,3 +223,18 @@ def test_kconfig_env() -> None:
     assert env["srctree"] == str(FIXTURE)
     with pytest.raises(UnsupportedArch, match="riscv"):
         explain.load(FIXTURE, "riscv")
+
+
+@pytest.mark.parametrize("lines, option, chain", [
+    (("CONFIG_SLOW_DEBUG=y", "CONFIG_NEEDS_NO_SLOW_DEBUG=y"), "CONFIG_NEEDS_NO_SLOW_DEBUG",
+     f"NEEDS_NO_SLOW_DEBUG=n <- SLOW_DEBUG(=y) = n <- SLOW_DEBUG=y set by {FRAG}:1"),
+    (("CONFIG_MODULES=y", "CONFIG_BUS=m", "CONFIG_NEEDS_BUS_BUILT_IN=y"), "CONFIG_NEEDS_BUS_BUILT_IN",
+     f"NEEDS_BUS_BUILT_IN=n <- BUS(=m) = y <- BUS=m set by {FRAG}:2"),
+    (("# CONFIG_BUS is not set", "CONFIG_NEEDS_BUS_ON=y"), "CONFIG_NEEDS_BUS_ON",
+     f"NEEDS_BUS_ON=n <- BUS(=n) != n <- BUS=n set by {FRAG}:1"),
+    # a string comparison ends the chain at the values it compares
+    (("CONFIG_NEEDS_A_STRING=y",), "CONFIG_NEEDS_A_STRING", 'NEEDS_A_STRING=n <- ARCH_NAME(="x86") = "riscv"'),
+])
+def test_comparisons_are_followed(kconf: explain.Kconf, tmp_path: Path, lines: tuple[str, ...], option: str,
+                                  chain: str) -> None:
+    assert chains(kconf, resolve(kconf, tmp_path, *lines)) == {option: chain}

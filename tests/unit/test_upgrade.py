@@ -41,7 +41,9 @@ def test_longer_strings_first_and_kept_files(tmp_path: Path):
     (tmp_path / "fixtures" / "console").mkdir(parents=True)
     (tmp_path / "fixtures" / "console" / "boot.log").write_text("Linux version 6.12.117-neonvm\n")
     (tmp_path / "bin.dat").write_bytes(b"\xff\xfe6.12.117\x00")
-    files = ["docs/a.md", "fixtures/console/boot.log", "bin.dat"]
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "source.py").write_text('"expected e.g. 6.12.117"\n')  # an example, not the pin
+    files = ["docs/a.md", "fixtures/console/boot.log", "bin.dat", "harness/source.py"]
     pairs = [("6.12.117", "6.13.2"), ("linux-source-6.12", "linux-source-6.13"),
              ("6.12.117-1~deb12u1", "6.13.2-1~deb12u1")]
     got = up.replace_mentions(tmp_path, files, pairs)
