@@ -17,6 +17,7 @@ class Arch:
     image_target: str  # make target that builds the boot image
     image_path: str  # path of that image under the build directory
     image_magic: tuple[int, bytes]  # (offset, bytes) that identify the boot image format
+    defconfig: str  # the file `make defconfig` reads (the arch's KBUILD_DEFCONFIG), under the tree
     gnu_triplet: str  # for compilers, busybox packages and perf
     debian_arch: str  # Debian architecture name (busybox-static download)
     elf_machine: int  # e_machine in the ELF header (EM_X86_64=62, EM_AARCH64=183)
@@ -74,6 +75,7 @@ ARCHES: dict[str, Arch] = {
         image_target="bzImage",
         image_path="arch/x86/boot/bzImage",
         image_magic=(0x202, b"HdrS"),  # x86 boot protocol header
+        defconfig="arch/x86/configs/x86_64_defconfig",
         gnu_triplet="x86_64-linux-gnu",
         debian_arch="amd64",
         elf_machine=62,
@@ -111,6 +113,7 @@ ARCHES: dict[str, Arch] = {
         image_target="Image",
         image_path="arch/arm64/boot/Image",
         image_magic=(0x38, b"ARM\x64"),  # arm64 Image header
+        defconfig="arch/arm64/configs/defconfig",
         gnu_triplet="aarch64-linux-gnu",
         debian_arch="arm64",
         elf_machine=183,

@@ -7,7 +7,9 @@ changed into the same kind of request) works in four steps, and writes nothing u
    one arch of an option a shared fragment asks for becomes an override in ``arch/<arch>.config``
    (the last fragment, so it wins); a new option goes to ``arch/<arch>.config`` for one arch, or,
    for both, to the shared fragment that already holds the most options from the same Kconfig file
-   (``base`` when none does), under a comment stub for the reason;
+   (``base`` when none does). Every line written gets a comment stub above it for the reason (an
+   edited line's old comment argued for the old value); what the fragments already ask for is
+   left alone;
 2. *resolve* the edited fragments with the kernel's ``make olddefconfig`` for every affected arch;
 3. *audit* the result: a change Kconfig cannot honour is refused with its root cause, and nothing
    is written;
@@ -59,21 +61,45 @@ def parse_changes(args: Iterable[str]) -> list[Change]:
     return list(out.values())
 
 
+def _stub(ch: Change) -> str:
+    return STUB.format(option=ch.option, value=ch.value)
+
+
+def _is_stub(line: str, option: str) -> bool:
+    """An unfilled stub for ``option`` (left by an earlier set-config): replaced, not stacked."""
+    return line.startswith(f"# {option}=") and line.endswith("-- fill in")
+
+
 @dataclass
 class Edit:
-    """What one fragment file gets: lines replaced in place and lines appended."""
+    """What one fragment file gets: lines replaced in place and lines appended, each under a comment
+    stub for the reason (an in-place edit changes what the comment above it argued for)."""
 
     path: Path
-    replace: dict[int, str] = field(default_factory=dict)  # 1-based line number -> new line
+    replace: dict[int, Change] = field(default_factory=dict)  # 1-based line number -> what it now says
     append: list[Change] = field(default_factory=list)
 
-    def apply(self, text: str) -> str:
+    def render(self, text: str) -> tuple[str, list[str]]:
+        """The new text, and where each change now is (``line N: ...``, numbered in the new text)."""
         lines = text.splitlines()
-        for no, line in self.replace.items():
-            lines[no - 1] = line
+        inserted: list[int] = []  # old line numbers that got a new stub line above them
+        for no in sorted(self.replace, reverse=True):
+            ch = self.replace[no]
+            lines[no - 1] = ch.line
+            if no >= 2 and _is_stub(lines[no - 2], ch.option):
+                lines[no - 2] = _stub(ch)
+            else:
+                lines.insert(no - 1, _stub(ch))
+                inserted.append(no)
+        where = [f"line {no + sum(1 for i in inserted if i <= no)}: {self.replace[no].line} "
+                 "(with a comment stub above it to fill in)" for no in sorted(self.replace)]
         for ch in self.append:
-            lines += ["", STUB.format(option=ch.option, value=ch.value), ch.line]
-        return "\n".join(lines) + "\n"
+            lines += ["", _stub(ch), ch.line]
+            where.append(f"appended: {ch.line} (with a comment stub to fill in)")
+        return "\n".join(lines) + "\n", where
+
+    def apply(self, text: str) -> str:
+        return self.render(text)[0]
 
 
 def _kconfig_file(kconfs: Mapping[str, kconfiglib.Kconfig], option: str) -> str | None:
@@ -100,37 +126,40 @@ def _by_affinity(option: str, shared: Sequence[Path], kconfs: Mapping[str, kconf
 
 def place(changes: Sequence[Change], arches: Sequence[Arch], variant: kconfig.Variant,
           kconfs: Mapping[str, kconfiglib.Kconfig]) -> dict[Path, Edit]:
-    """Decide which fragment line each change becomes (see the module's docstring)."""
+    """Decide which fragment line each change becomes (see the module's docstring). A change the
+    fragments already ask for, for every arch, is not placed at all."""
     edits: dict[Path, Edit] = {}
 
     def edit(path: Path) -> Edit:
         return edits.setdefault(path, Edit(path))
 
-    shared = [p for p in variant.fragment_paths(arches[0]) if p.parent == kconfig.FRAGMENTS]
+    paths = [variant.fragment_paths(a) for a in arches]
+    shared = [p for p in paths[0] if p.parent == kconfig.FRAGMENTS and all(p in other for other in paths[1:])]
     fallback = kconfig.FRAGMENTS / "base.config"
     for ch in changes:
         asked = {a.name: variant.requests(a).get(ch.option) for a in arches}
-        wheres = {(r.fragment, r.line) for r in asked.values() if r is not None}
+        if all(r is not None and r.value == ch.value for r in asked.values()):
+            continue  # already what the fragments ask for
         if len(arches) == 1:
             arch_frag = kconfig.FRAGMENTS / "arch" / f"{arches[0].name}.config"
             req = asked[arches[0].name]
             if req is not None and req.fragment == arch_frag:
-                edit(req.fragment).replace[req.line] = ch.line
-            else:
+                edit(req.fragment).replace[req.line] = ch
+            else:  # new, or an override of a shared line for this arch only
                 edit(arch_frag).append.append(ch)
-        elif len(wheres) == 1 and all(r is not None for r in asked.values()):
-            frag, line = next(iter(wheres))
-            edit(frag).replace[line] = ch.line
-        else:  # new, or asked for in different places per arch: one shared line, arch lines updated
-            for r in asked.values():
-                if r is not None and r.fragment.parent != kconfig.FRAGMENTS:
-                    edit(r.fragment).replace[r.line] = ch.line
-            if not any(r is not None and r.fragment.parent == kconfig.FRAGMENTS for r in asked.values()):
-                edit(_by_affinity(ch.option, shared, kconfs, fallback)).append.append(ch)
-            else:
-                for r in asked.values():
-                    if r is not None and r.fragment.parent == kconfig.FRAGMENTS:
-                        edit(r.fragment).replace[r.line] = ch.line
+            continue
+        # every arch: the arch lines that override it are updated, and one shared line says it
+        own = [r for r in asked.values() if r is not None and r.fragment not in shared]
+        for r in own:
+            if r.value != ch.value:
+                edit(r.fragment).replace[r.line] = ch
+        in_shared = [r for frag in shared for r in kconfig.parse_fragment(frag) if r.option == ch.option]
+        if in_shared:  # the last is what the shared fragments mean, even where every arch overrides it
+            r = in_shared[-1]
+            if r.value != ch.value:
+                edit(r.fragment).replace[r.line] = ch
+        elif len(own) < len(arches):
+            edit(_by_affinity(ch.option, shared, kconfs, fallback)).append.append(ch)
     return edits
 
 
@@ -156,6 +185,37 @@ def stage(edits: Mapping[Path, Edit], variant: kconfig.Variant, scratch: Path) -
         texts[path] = new
         (directory / path.relative_to(kconfig.FRAGMENTS)).write_text(new)
     return Staged(directory, replace(variant, name=f"{variant.name}.set-config", fragments_dir=directory), texts)
+
+
+_HIDDEN = re.compile(r"prompt hidden by ([A-Za-z0-9_]+)=n\b")
+_TERM = re.compile(r"\b(capability|omission) '([^']+)'")
+
+
+def next_steps(changes: Sequence[Change], contract_broken: Sequence[str],
+               causes: Sequence[tuple[str, str]]) -> list[str]:
+    """What a maintainer does about a refusal (at most two lines): a prompt hidden by an option that
+    is n (``EXPERT``) needs that option set in the same request; a change the capability contract
+    forbids needs the contract changed first. ``causes``: (option, its root-cause chain) of the
+    audit's findings."""
+    out = []
+    asked = {ch.option for ch in changes}
+    hidden: dict[str, list[str]] = {}  # CONFIG_EXPERT -> the options whose prompt it hides
+    for option, cause in causes:
+        for m in _HIDDEN.finditer(cause):
+            if f"CONFIG_{m[1]}" not in asked:
+                hidden.setdefault(f"CONFIG_{m[1]}", []).append(option)
+    if hidden:
+        out.append("hint: " + "; ".join(f"{h}=n hides the prompt of {', '.join(dict.fromkeys(opts))}"
+                                        for h, opts in hidden.items())
+                   + f": set {', '.join(h + '=y' for h in hidden)} too, in the same set-config")
+    terms = list(dict.fromkeys(f"{m[1]} '{m[2]}'" for p in contract_broken for m in _TERM.finditer(p)))
+    if terms:
+        kinds, them = {t.split()[0] for t in terms}, "it" if len(terms) == 1 else "them"
+        cond = (f"NeonVM no longer needs {them}" if kinds == {"capability"}
+                else f"NeonVM now needs {them}" if kinds == {"omission"} else "NeonVM's needs changed")
+        out.append(f"next: {' and '.join(terms)} {'is' if len(terms) == 1 else 'are'} in configs/contract.toml; "
+                   f"if {cond}, change the contract there first (with the reason), then re-run set-config")
+    return out
 
 
 def contract_problems(changes: Sequence[Change], arches: Sequence[Arch]) -> list[str]:
@@ -200,6 +260,7 @@ def set_config(tree: Path, arches: Sequence[Arch], changes: Sequence[Change], *,
             raise InvalidArgument(f"{ch.option} is not defined in the {version} Kconfig of "
                                   f"{', '.join(a.name for a in arches)}", step=STEP)
     problems = contract_problems(changes, arches)
+    broken, causes = list(problems), list[tuple[str, str]]()
     edits = place(changes, arches, variant, loaded)
     with tempfile.TemporaryDirectory(prefix="set-config-") as tmp:
         staged = stage(edits, variant, Path(tmp))
@@ -210,15 +271,18 @@ def set_config(tree: Path, arches: Sequence[Arch], changes: Sequence[Change], *,
             findings = kconfig.audit(requests, kconfig.parse_config_text(resolved.read_text()))
             if findings:
                 findings = kconfig.explain_findings(findings, requests, resolved, tree, arch, log)
+                causes += [(f.request.option, f.cause) for f in findings]
                 problems += [f"{arch.name}: {staged.rel(f.describe())}" for f in findings]
             committed = kconfig.committed_config_path(arch, version)
             outcomes.append(Outcome(arch, resolved, committed,
                                     kconfig.diff(tree, committed, resolved, log=log) if committed.is_file() else ""))
         for path, e in edits.items():
             rel = path.relative_to(kconfig.CONFIGS.parent)
-            what = [f"line {no}: {line}" for no, line in sorted(e.replace.items())]
-            what += [f"appended: {c.line} (with a comment stub to fill in)" for c in e.append]
-            print(f"{rel}: " + "; ".join(what))
+            print(f"{rel}: " + "; ".join(e.render(path.read_text())[1]))
+        placed = {c for e in edits.values() for c in (*e.replace.values(), *e.append)}
+        for ch in changes:
+            if ch not in placed:
+                print(f"{ch.line}: already what the fragments ask for; no fragment line changed")
         for o in outcomes:
             print(f"{o.committed.name}: " + (f"{len(o.diff.splitlines())} change(s)\n{o.diff}" if o.diff
                                              else "unchanged"))
@@ -228,7 +292,8 @@ def set_config(tree: Path, arches: Sequence[Arch], changes: Sequence[Change], *,
             for problem in problems:
                 print(f"  refused: {problem}")
             more = f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""
-            raise ConfigAuditFailed(f"refused, nothing written: {problems[0]}{more}", step=STEP, log=log)
+            steps = "".join(f"\n  {line}" for line in next_steps(changes, broken, causes))
+            raise ConfigAuditFailed(f"refused, nothing written: {problems[0]}{more}{steps}", step=STEP, log=log)
         if dry_run:
             print("dry run: nothing written")
             return 0
@@ -241,25 +306,77 @@ def set_config(tree: Path, arches: Sequence[Arch], changes: Sequence[Change], *,
 
 
 # -- menuconfig: what the user changed -------------------------------------------------------------
-def _visible(sym: kconfiglib.Symbol) -> bool:
-    return bool(sym.nodes) and any(n.prompt for n in sym.nodes) and int(kconfiglib.expr_value(sym.direct_dep)) > 0
+def _settable(sym: kconfiglib.Symbol) -> bool:
+    """The configurator offers it: a prompt the user can see (dependencies, ``prompt if`` and the
+    menus' ``visible if`` met)."""
+    return bool(sym.nodes) and sym.visibility > 0
+
+
+def _evaluate(kconf: kconfiglib.Kconfig, before: Path, recorded: Mapping[str, str]) -> dict[str, tuple[str, bool]]:
+    """name -> (value, has a user value) with ``before`` loaded and ``recorded`` set over it: what
+    olddefconfig makes of the committed config plus those changes."""
+    kconf.load_config(str(before))
+    for name, value in recorded.items():
+        kconf.syms[name].set_value(value)
+    return {s.name: (s.str_value, s.user_value is not None) for s in kconf.unique_defined_syms}
+
+
+def _follows(kconf: kconfiglib.Kconfig, after: Path, names: Iterable[str]) -> set[str]:
+    """Of ``names``, the options whose value in ``after`` is what Kconfig gives them without a user
+    value (a default or a select): consequences of other changes, unless nothing else explains them."""
+    kconf.load_config(str(after))
+    out = set()
+    for name in names:
+        sym = kconf.syms[name]
+        if sym.choice is not None:  # the selected member carries the choice; the others follow it
+            if sym.str_value == "n":
+                out.add(name)
+            continue
+        value, user = sym.str_value, sym.user_value
+        if user is None:
+            out.add(name)
+            continue
+        sym.unset_value()
+        if sym.str_value == value:
+            out.add(name)
+        sym.set_value(user)
+    return out
 
 
 def user_changes(kconf: kconfiglib.Kconfig, before: Path, after: Path) -> list[Change]:
-    """The options a user changed in an interactive configurator: visible (prompt, dependencies met)
-    both before and after, with a different value. Consequences (options that appeared with their
-    defaults, or vanished with their dependencies) are left to Kconfig, as olddefconfig will redo them."""
-    kconf.load_config(str(before))
-    old = {s.name: (s.str_value, _visible(s)) for s in kconf.unique_defined_syms}
+    """The options a user changed in an interactive configurator, ``before`` -> ``after``: settable
+    options which, set over ``before``, make Kconfig give every settable option its value in
+    ``after``. Found in rounds: evaluate ``before`` plus what is recorded so far and compare with
+    ``after``; of the options that still differ, record those whose ``after`` value Kconfig would not
+    give them by itself (the user set them), or, when all of them would follow, those held back by a
+    value of ``before``. Recording can expose options (a menu the user enabled and configured
+    inside), so the rounds repeat until nothing differs. Consequences (options that followed a
+    select or a default, or vanished with their dependencies) are left to Kconfig, as olddefconfig
+    redoes them. ``kconf`` is left with ``after`` loaded."""
+    kconf.load_config(str(after))
+    syms = list(kconf.unique_defined_syms)
+    target = {s.name: s.str_value for s in syms}
+    settable = {s.name for s in syms if _settable(s)}
+    recorded: dict[str, str] = {}
+    while True:
+        evaluated = _evaluate(kconf, before, recorded)
+        differ = [s.name for s in syms if s.name in settable and s.name not in recorded
+                  and evaluated[s.name][0] != target[s.name]]
+        if not differ:
+            break
+        follow = _follows(kconf, after, differ)
+        roots = [n for n in differ if n not in follow]
+        roots = roots or [n for n in differ if evaluated[n][1]] or differ
+        recorded.update((n, target[n]) for n in roots)
     kconf.load_config(str(after))
     out = []
-    for s in kconf.unique_defined_syms:
-        was, was_visible = old.get(s.name, ("", False))
-        if s.str_value != was and was_visible and _visible(s):
-            value = s.str_value
-            if s.orig_type == kconfiglib.STRING:
-                value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            elif s.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and not value:
-                value = "n"
-            out.append(Change(f"CONFIG_{s.name}", value))
+    for s in syms:
+        if s.name not in recorded:
+            continue
+        value = recorded[s.name]
+        if s.orig_type == kconfiglib.STRING:
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif s.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and not value:
+            value = "n"
+        out.append(Change(f"CONFIG_{s.name}", value))
     return out

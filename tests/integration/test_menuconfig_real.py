@@ -1,6 +1,8 @@
 """`python -m harness menuconfig arm64` driven like a maintainer would, through a terminal: it opens
 on the committed production config, a searched option is switched off and the configuration saved,
-and the change comes back as a fragment line and a config diff (dry run: nothing is written)."""
+and the change comes back as a fragment line and a config diff (dry run: nothing is written). And
+on the real Kconfig: a menu enabled and configured inside in the same session is the user's change,
+what it selected is not."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,9 @@ import time
 
 import pytest
 
-from harness.kernel import source
+from harness.kernel import explain, setconfig, source, tree
+from harness.kernel.patches import Series
+from harness.kernel.setconfig import Change
 from harness.layout import CONFIGS, REPO
 
 pytestmark = pytest.mark.integration
@@ -55,3 +59,18 @@ def test_menuconfig_opens_on_the_committed_config_and_saves_into_the_fragments(t
     assert " TUN y -> n" in out
     assert "dry run: nothing written" in out
     assert _snapshot() == before
+
+
+def test_options_set_inside_a_menu_enabled_in_the_session_are_kept(tmp_path):
+    pin = source.Pin.load()
+    log = tmp_path / "tree.log"
+    src_tree = tree.prepare(source.resolve(pin, log=log), Series.load(), log=log)
+    committed = CONFIGS / f"linux-config-aarch64-{pin.version}"
+    assert "# CONFIG_INPUT_JOYSTICK is not set" in committed.read_text()
+    kconf = explain.load(src_tree, "arm64")
+    kconf.load_config(str(committed))
+    kconf.syms["INPUT_JOYSTICK"].set_value("y")  # the menu
+    kconf.syms["JOYSTICK_ANALOG"].set_value("y")  # inside it, settable only once the menu is on
+    kconf.write_config(str(tmp_path / "after"))  # as menuconfig saves it
+    assert setconfig.user_changes(kconf, committed, tmp_path / "after") == [
+        Change("CONFIG_INPUT_JOYSTICK", "y"), Change("CONFIG_JOYSTICK_ANALOG", "y")]

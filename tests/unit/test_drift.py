@@ -73,11 +73,31 @@ def test_run_exit_status_and_json(tmp_path, monkeypatch, configs, capsys):
     monkeypatch.setattr(kconfig, "committed_config_path", lambda arch, version: tmp_path / f"{arch.name}.cfg")
     for a, c in configs.items():
         (tmp_path / f"{a}.cfg").write_text("".join(f"{k}={v}\n" for k, v in c.items()))
-    monkeypatch.setattr(kconfig, "get_variant", lambda name: type("V", (), {"requests": lambda self, arch: {}})())
+    variant = type("V", (), {"requests": lambda self, arch: {},
+                             "base_targets": lambda self, arch: ["defconfig", "kvm_guest.config", "mod2noconfig"]})
+    monkeypatch.setattr(kconfig, "get_variant", lambda name: variant())
     out = tmp_path / "drift.json"
     assert drift.run(TREE, [AMD64, ARM64], "6.12.117", json_path=out) == 1
     data = json.loads(out.read_text())
     assert data["arches"] == ["amd64", "arm64"]
     assert {d["option"]: d["explained"] for d in data["drift"]} == {
         "CONFIG_HZ": False, "CONFIG_RTC_CMOS": False, "CONFIG_TUN": False}
-    assert "3 unexplained" in capsys.readouterr().out
+    # where each unrequested value came from: the arch's defconfig, a later base file, or neither
+    assert {d["option"]: d["origin"] for d in data["drift"]} == {
+        "CONFIG_HZ": {"amd64": "default or select", "arm64": "default or select"},
+        "CONFIG_RTC_CMOS": {"amd64": "kvm_guest.config", "arm64": "kvm_guest.config"},
+        "CONFIG_TUN": {"amd64": "x86_64_defconfig", "arm64": "defconfig"}}
+    printed = capsys.readouterr().out
+    assert "3 unexplained" in printed
+    assert "amd64=y (x86_64_defconfig)  arm64=n (defconfig)" in printed
+    assert ("unexplained values come from: amd64: default or select (1), amd64: kvm_guest.config (1), "
+            "amd64: x86_64_defconfig (1), arm64: default or select (1), arm64: defconfig (1), "
+            "arm64: kvm_guest.config (1)") in printed
+
+
+def test_base_files_follow_the_variants_targets(tmp_path):
+    assert [p.relative_to(TREE).as_posix() for p in drift.base_files(TREE, AMD64, ["defconfig", "kvm_guest.config",
+                                                                                  "mod2noconfig"])] == [
+        "arch/x86/configs/x86_64_defconfig", "kernel/configs/kvm_guest.config"]
+    assert drift.origins(drift.base_files(TREE, ARM64, ["defconfig", "kvm_guest.config"])) == {
+        "CONFIG_TUN": "defconfig", "CONFIG_RTC_CMOS": "kvm_guest.config"}

@@ -45,18 +45,37 @@ def test_parse_changes():
             setconfig.parse_changes(bad)
 
 
-def test_both_arches_edit_the_requesting_line_in_place(world, setup, tmp_path, capsys):
+def test_both_arches_edit_the_requesting_line_in_place_under_a_stub(world, setup, tmp_path, capsys):
     virtio = world.configs / "fragments" / "virtio.config"
     before = virtio.read_text().splitlines()
+    at = before.index("CONFIG_VIRTIO_BALLOON=m")
     assert _run(setup, [AMD64, ARM64], "CONFIG_VIRTIO_BALLOON=y", tmp=tmp_path) == 0
     after = virtio.read_text().splitlines()
-    assert len(after) == len(before) and after[before.index("CONFIG_VIRTIO_BALLOON=m")] == "CONFIG_VIRTIO_BALLOON=y"
+    # the edited line keeps its place, with the stub for the new reason right above it
+    assert after == [*before[:at], setconfig.STUB.format(option="CONFIG_VIRTIO_BALLOON", value="y"),
+                     "CONFIG_VIRTIO_BALLOON=y", *before[at + 1:]]
     for arch in (AMD64, ARM64):
         committed = kconfig.parse_config_text(kconfig.committed_config_path(arch, "6.12.117").read_text())
         assert committed["CONFIG_VIRTIO_BALLOON"] == "y"
     out = capsys.readouterr().out
-    assert "configs/fragments/virtio.config: line 6: CONFIG_VIRTIO_BALLOON=y" in out
+    assert "configs/fragments/virtio.config: line 7: CONFIG_VIRTIO_BALLOON=y (with a comment stub above it" in out
     assert "VIRTIO_BALLOON m -> y" in out and "written;" in out
+
+
+def test_an_in_place_edit_replaces_its_own_unfilled_stub(tmp_path):
+    stub = setconfig.STUB.format
+    text = "# wanted for the balloon\nCONFIG_A=m\nCONFIG_B=y\n# CONFIG_C is not set\n"
+    e = setconfig.Edit(tmp_path / "f.config", replace={2: Change("CONFIG_A", "y"), 4: Change("CONFIG_C", "y")},
+                       append=[Change("CONFIG_D", "n")])
+    new, where = e.render(text)
+    assert new.splitlines() == ["# wanted for the balloon", stub(option="CONFIG_A", value="y"), "CONFIG_A=y",
+                                "CONFIG_B=y", stub(option="CONFIG_C", value="y"), "CONFIG_C=y",
+                                "", stub(option="CONFIG_D", value="n"), "# CONFIG_D is not set"]
+    assert [w.split(" (")[0] for w in where] == ["line 3: CONFIG_A=y", "line 6: CONFIG_C=y",
+                                                 "appended: # CONFIG_D is not set"]
+    # changed again before the stub was filled in: the stub is rewritten, not stacked
+    again = setconfig.Edit(e.path, replace={3: Change("CONFIG_A", "n")}).apply(new).splitlines()
+    assert again[1:3] == [stub(option="CONFIG_A", value="n"), "# CONFIG_A is not set"] and len(again) == 9
 
 
 def test_one_arch_overrides_a_shared_line_in_its_arch_fragment(world, setup, tmp_path):
@@ -69,6 +88,32 @@ def test_one_arch_overrides_a_shared_line_in_its_arch_fragment(world, setup, tmp
     amd = kconfig.parse_config_text(kconfig.committed_config_path(AMD64, "6.12.117").read_text())
     arm_cfg = kconfig.parse_config_text(kconfig.committed_config_path(ARM64, "6.12.117").read_text())
     assert amd["CONFIG_VIRTIO_BALLOON"] == "m" and arm_cfg["CONFIG_VIRTIO_BALLOON"] == "y"
+
+
+def test_all_updates_every_arch_override_and_the_shadowed_shared_line(world):
+    for arch in ("amd64", "arm64"):
+        frag = world.configs / "fragments" / "arch" / f"{arch}.config"
+        frag.write_text(frag.read_text() + "CONFIG_VIRTIO_BALLOON=y\n")
+    virtio = world.configs / "fragments" / "virtio.config"
+    at = virtio.read_text().splitlines().index("CONFIG_VIRTIO_BALLOON=m") + 1
+    edits = setconfig.place([Change("CONFIG_VIRTIO_BALLOON", "n")], [AMD64, ARM64],
+                            kconfig.get_variant("production"), {})
+    # no second shared line (in base.config) next to the one virtio.config already has
+    assert {p.relative_to(world.configs / "fragments").as_posix(): (dict(e.replace), e.append)
+            for p, e in edits.items()} == {
+        "arch/amd64.config": ({2: Change("CONFIG_VIRTIO_BALLOON", "n")}, []),
+        "arch/arm64.config": ({2: Change("CONFIG_VIRTIO_BALLOON", "n")}, []),
+        "virtio.config": ({at: Change("CONFIG_VIRTIO_BALLOON", "n")}, [])}
+
+
+def test_what_the_fragments_already_ask_for_is_not_placed(world, setup, tmp_path, capsys):
+    variant = kconfig.get_variant("production")
+    for arches in ([AMD64], [ARM64], [AMD64, ARM64]):
+        assert setconfig.place([Change("CONFIG_VIRTIO_BALLOON", "m")], arches, variant, {}) == {}
+    before = _snapshot(world)
+    assert _run(setup, [ARM64], "CONFIG_VIRTIO_BALLOON=m", tmp=tmp_path) == 0
+    assert _snapshot(world) == before
+    assert "CONFIG_VIRTIO_BALLOON=m: already what the fragments ask for" in capsys.readouterr().out
 
 
 def test_a_new_option_goes_to_the_fragment_of_its_kconfig_file(world, setup, tmp_path):
@@ -102,9 +147,30 @@ def test_what_kconfig_cannot_honour_is_refused_with_its_cause(world, tmp_path, c
 
 def test_breaking_the_capability_contract_is_refused(world, setup, tmp_path, capsys):
     before = _snapshot(world)
-    with pytest.raises(ConfigAuditFailed, match=r"CONFIG_VIRTIO_MEM is not set breaks capability 'memory scaling'"):
+    with pytest.raises(ConfigAuditFailed, match=r"CONFIG_VIRTIO_MEM is not set breaks capability 'memory scaling'") \
+            as exc:
         _run(setup, [AMD64, ARM64], "CONFIG_VIRTIO_MEM=n", tmp=tmp_path)
     assert _snapshot(world) == before
+    # the message ends with what to do next: the contract changes first
+    assert exc.value.message.splitlines()[-1] == (
+        "  next: capability 'memory scaling' is in configs/contract.toml; if NeonVM no longer needs it, "
+        "change the contract there first (with the reason), then re-run set-config")
+
+
+def test_a_refusal_names_the_option_that_hides_a_prompt():
+    changes = [Change("CONFIG_IO_URING", "n")]
+    broken = ["amd64: # CONFIG_IO_URING is not set breaks capability 'io_uring' (IO_URING=y), needed by Postgres"]
+    causes = [("CONFIG_IO_URING", "IO_URING=y (default y) <- prompt hidden by EXPERT=n not set by any fragment")]
+    assert setconfig.next_steps(changes, broken, causes) == [
+        "hint: CONFIG_EXPERT=n hides the prompt of CONFIG_IO_URING: set CONFIG_EXPERT=y too, in the same set-config",
+        "next: capability 'io_uring' is in configs/contract.toml; if NeonVM no longer needs it, change the contract "
+        "there first (with the reason), then re-run set-config"]
+    # no hint to undo what was asked for; an omission is turned on only if NeonVM now needs it
+    assert setconfig.next_steps(changes + [Change("CONFIG_EXPERT", "n")], [], causes) == []
+    assert setconfig.next_steps([Change("CONFIG_WLAN", "y")], [
+        "amd64: CONFIG_WLAN=y turns on what the contract omits (hardware omission 'radios': no radios)"], []) == [
+        "next: omission 'radios' is in configs/contract.toml; if NeonVM now needs it, change the contract there "
+        "first (with the reason), then re-run set-config"]
 
 
 def test_an_unknown_option_is_a_typo(world, setup, tmp_path):
@@ -120,3 +186,41 @@ def test_user_changes_are_the_visible_options_that_changed(tmp_path):
     after.write_text("# CONFIG_TUN is not set\nCONFIG_HZ=100\nCONFIG_X86_ONLY_FEATURE=y\n")
     assert setconfig.user_changes(kconf, before, after) == [Change("CONFIG_TUN", "n"), Change("CONFIG_HZ", "100")]
     assert setconfig.user_changes(kconf, before, before) == []
+
+
+def _user_changes(tmp_path, before: str, after: str) -> list[Change]:
+    kconf = explain.load(FIXTURES / "setconfig", "amd64")
+    (tmp_path / "before").write_text(before)
+    (tmp_path / "after").write_text(after)
+    return setconfig.user_changes(kconf, tmp_path / "before", tmp_path / "after")
+
+
+MENU_OFF = "# CONFIG_FOO is not set\n# CONFIG_LIB is not set\n# CONFIG_FOLLOWER is not set\nCONFIG_TUN=y\n"
+
+
+def test_options_that_became_settable_during_the_session_are_the_users_too(tmp_path):
+    # the user enabled the FOO menu and, inside it, turned BAR (default n) on and BAZ (default y) off;
+    # LIB (selected by FOO) and QUX (left at its default) followed
+    after = "CONFIG_FOO=y\nCONFIG_BAR=y\n# CONFIG_BAZ is not set\nCONFIG_QUX=4\nCONFIG_LIB=y\n" \
+            "# CONFIG_FOLLOWER is not set\nCONFIG_TUN=y\n"
+    assert _user_changes(tmp_path, MENU_OFF, after) == [
+        Change("CONFIG_FOO", "y"), Change("CONFIG_BAR", "y"), Change("CONFIG_BAZ", "n")]
+
+
+def test_options_that_became_settable_and_kept_their_defaults_are_not(tmp_path):
+    after = "CONFIG_FOO=y\n# CONFIG_BAR is not set\nCONFIG_BAZ=y\nCONFIG_QUX=4\nCONFIG_LIB=y\n" \
+            "# CONFIG_FOLLOWER is not set\nCONFIG_TUN=y\n"
+    assert _user_changes(tmp_path, MENU_OFF, after) == [Change("CONFIG_FOO", "y")]
+    assert _user_changes(tmp_path, MENU_OFF, MENU_OFF) == []
+
+
+def test_a_value_set_back_to_its_default_is_the_users(tmp_path):
+    # BAZ was off in the committed config; the user turned it back on, to its default: olddefconfig
+    # would keep the committed "not set" unless a fragment says y
+    on = "CONFIG_FOO=y\n# CONFIG_BAR is not set\n# CONFIG_BAZ is not set\nCONFIG_QUX=4\nCONFIG_LIB=y\n" \
+         "CONFIG_FOLLOWER=y\nCONFIG_TUN=y\n"
+    assert _user_changes(tmp_path, on, on.replace("# CONFIG_BAZ is not set", "CONFIG_BAZ=y")) == [
+        Change("CONFIG_BAZ", "y")]
+    # switching the menu off takes its options with it: only FOO is the user's (LIB keeps its value)
+    assert _user_changes(tmp_path, on, "# CONFIG_FOO is not set\nCONFIG_LIB=y\nCONFIG_FOLLOWER=y\nCONFIG_TUN=y\n") \
+        == [Change("CONFIG_FOO", "n")]
