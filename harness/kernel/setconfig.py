@@ -292,8 +292,9 @@ def set_config(tree: Path, arches: Sequence[Arch], changes: Sequence[Change], *,
             for problem in problems:
                 print(f"  refused: {problem}")
             more = f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""
-            steps = "".join(f"\n  {line}" for line in next_steps(changes, broken, causes))
-            raise ConfigAuditFailed(f"refused, nothing written: {problems[0]}{more}{steps}", step=STEP, log=log)
+            for line in next_steps(changes, broken, causes):  # before the one-line error
+                print(f"  {line}")
+            raise ConfigAuditFailed(f"refused, nothing written: {problems[0]}{more}", step=STEP, log=log)
         if dry_run:
             print("dry run: nothing written")
             return 0
