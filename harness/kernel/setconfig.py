@@ -7,9 +7,9 @@ changed into the same kind of request) works in four steps, and writes nothing u
    one arch of an option a shared fragment asks for becomes an override in ``arch/<arch>.config``
    (the last fragment, so it wins); a new option goes to ``arch/<arch>.config`` for one arch, or,
    for both, to the shared fragment that already holds the most options from the same Kconfig file
-   (``base`` when none does). Every line written gets a comment stub above it for the reason (an
-   edited line's old comment argued for the old value); what the fragments already ask for is
-   left alone;
+   set the same way, on or off (``base`` when none does). Every line written gets a comment stub
+   above it for the reason (an edited line's old comment argued for the old value); what the
+   fragments already ask for is left alone;
 2. *resolve* the edited fragments with the kernel's ``make olddefconfig`` for every affected arch;
 3. *audit* the result: a change Kconfig cannot honour is refused with its root cause, and nothing
    is written;
@@ -110,15 +110,18 @@ def _kconfig_file(kconfs: Mapping[str, kconfiglib.Kconfig], option: str) -> str 
     return None
 
 
-def _by_affinity(option: str, shared: Sequence[Path], kconfs: Mapping[str, kconfiglib.Kconfig],
+def _by_affinity(ch: Change, shared: Sequence[Path], kconfs: Mapping[str, kconfiglib.Kconfig],
                  fallback: Path) -> Path:
-    """The shared fragment holding the most options defined in the same Kconfig file as ``option``."""
-    home = _kconfig_file(kconfs, option)
+    """The shared fragment holding the most options defined in the same Kconfig file as the change's
+    and set the same way (off beside what is switched off on purpose, on beside what is wanted)."""
+    home = _kconfig_file(kconfs, ch.option)
     if home is None:
         return fallback
+    off = ch.value == "n"
     best, score = fallback, 0
     for frag in shared:
-        n = sum(1 for r in kconfig.parse_fragment(frag) if _kconfig_file(kconfs, r.option) == home)
+        n = sum(1 for r in kconfig.parse_fragment(frag)
+                if (r.value == "n") == off and _kconfig_file(kconfs, r.option) == home)
         if n > score:
             best, score = frag, n
     return best
@@ -159,7 +162,7 @@ def place(changes: Sequence[Change], arches: Sequence[Arch], variant: kconfig.Va
             if r.value != ch.value:
                 edit(r.fragment).replace[r.line] = ch
         elif len(own) < len(arches):
-            edit(_by_affinity(ch.option, shared, kconfs, fallback)).append.append(ch)
+            edit(_by_affinity(ch, shared, kconfs, fallback)).append.append(ch)
     return edits
 
 

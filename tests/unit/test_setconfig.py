@@ -121,6 +121,17 @@ def test_a_new_option_goes_to_the_fragment_of_its_kconfig_file(world, setup, tmp
     assert (world.configs / "fragments" / "virtio.config").read_text().splitlines()[-1] == "CONFIG_VIRTIO_MENU=y"
 
 
+def test_a_new_option_goes_beside_options_set_the_same_way(setup, tmp_path):
+    on, off = tmp_path / "wanted.config", tmp_path / "omit.config"
+    on.write_text("CONFIG_VIRTIO_MEM=y\n")
+    off.write_text("# CONFIG_VIRTIO_MENU is not set\n# CONFIG_VIRTIO is not set\n")  # more, but all off
+    kconfs = {"amd64": explain.load(setup, AMD64)}
+    base = tmp_path / "base.config"
+    assert setconfig._by_affinity(Change("CONFIG_VIRTIO_BALLOON", "m"), [on, off], kconfs, base) == on
+    assert setconfig._by_affinity(Change("CONFIG_VIRTIO_BALLOON", "n"), [on, off], kconfs, base) == off
+    assert setconfig._by_affinity(Change("CONFIG_MEMORY_HOTPLUG", "y"), [on, off], kconfs, base) == base
+
+
 def test_dry_run_shows_and_writes_nothing(world, setup, tmp_path, capsys):
     before = _snapshot(world)
     assert _run(setup, [AMD64], "CONFIG_VIRTIO_BALLOON=y", dry_run=True, tmp=tmp_path) == 0
