@@ -12,15 +12,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from harness.errors import CommandFailed, CommandTimeout, ToolMissing
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 #: A command-line argument: a string or a path (converted with os.fspath).
@@ -78,7 +76,7 @@ def run(
         full_env.update(env)
     LOG.info("[%s] $ %s", step, quote(args))
     tail: list[str] = []
-    start = time.monotonic()
+    clock = Timer.begin()
     with open(log, "a", encoding="utf-8", errors="replace") as fh:
         fh.write(f"\n### step {step}: $ {quote(args)}\n")
         if cwd:
@@ -130,7 +128,7 @@ def run(
         finally:
             if timer:
                 timer.cancel()
-        duration = time.monotonic() - start
+        duration = clock.elapsed
         fh.write(f"### exit {proc.returncode} after {duration:.1f}s\n")
     result = Result(args, proc.returncode, log, duration, tail)
     if timed_out.is_set():
@@ -199,52 +197,3 @@ def first_error(log: Path) -> str:
         if not line.startswith("###") and _ERROR_LINE.search(line):
             return line.strip()[:200]
     return ""
-
-
-class Progress:
-    """A one-line live progress display for long steps.
-
-    On a terminal the line is redrawn in place; elsewhere (CI logs) a line is printed every
-    ``interval`` seconds so that a long step is visibly alive without flooding the log.
-    """
-
-    def __init__(self, label: str, *, stream: TextIO | None = None, interval: float = 30.0):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval = interval if not self.tty else 0.5
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.count = 0
-        self.detail = ""
-
-    def elapsed(self) -> str:
-        secs = int(time.monotonic() - self.start)
-        return f"{secs // 60}m{secs % 60:02d}s"
-
-    def tick(self, detail: str = "", n: int = 1) -> None:
-        self.count += n
-        if detail:
-            self.detail = detail
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        text = f"{self.label}: {self.count} done, {self.elapsed()}"
-        if self.detail:
-            text += f"  {self.detail[:60]}"
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def done(self, summary: str = "") -> None:
-        text = f"{self.label}: {summary or f'{self.count} done'} in {self.elapsed()}"
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text + "\n")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()

@@ -11,7 +11,6 @@ import itertools
 import logging
 import re
 import shlex
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pexpect
 import pexpect.fdpexpect
 
 from harness.errors import CheckFailed, HarnessError, InfraError, KernelError
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Console:
         self.scale = scale  # timeouts given to run()/wait() are multiplied by this (TCG is slower)
         self.crashed: str | None = None  # the panic line, once the kernel has panicked
         self._seq = itertools.count(1)
-        self._t0 = time.monotonic()
+        self._clock = Timer.begin()  # the console log's timestamps
 
     def close(self) -> None:
         try:
@@ -89,7 +89,7 @@ class Console:
 
     def note(self, text: str) -> None:
         """Write a harness annotation into the console log (the guest never sees it)."""
-        self._logfh.write(f"\n### harness: +{time.monotonic() - self._t0:.2f}s {text}\n")
+        self._logfh.write(f"\n### harness: +{self._clock.elapsed:.2f}s {text}\n")
         self._logfh.flush()
 
     def tail(self, n: int = TAIL_LINES) -> list[str]:
@@ -182,7 +182,7 @@ class Console:
         for the answer with a deadline and keeps watching for kernel failures meanwhile.
         """
         limit = max(1, round(timeout * self.scale))
-        start = time.monotonic()
+        clock = Timer.begin()
         # busybox's usleep in the test initramfs; a Debian guest's sh has none, and its sleep takes fractions
         loop = f"until {condition}; do usleep 20000 2>/dev/null || sleep 0.02; done"
         rc, _ = self.run(f"timeout {limit} sh -c {shlex.quote(loop)}", timeout=timeout + 10, step=step,
@@ -190,7 +190,7 @@ class Console:
         if rc != 0:
             raise GuestTimeout(f"{what}: not true within {limit}s (guest-side `{condition}`)", step=step,
                                log=self.log, tail=self.tail())
-        return time.monotonic() - start
+        return clock.elapsed
 
     def read(self, path: str, *, step: str) -> str:
         return self.run(f"cat {path}", step=step)[1].strip()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -264,7 +263,7 @@ def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float
         m = vm.console.wait(READY_RE, timeout=timeout, scaled=False, step="boot", what="the test init's shell")
         ev["init_saw_release"] = m.group(1)
         vm.console.run("true", step="boot")
-        ev["seconds_to_shell"] = round(time.monotonic() - vm.started, 2)
+        ev["seconds_to_shell"] = round(vm.clock.elapsed, 2)
         _, dmesg = vm.console.run("dmesg", step="boot", timeout=60, watch=False)
         guests.append(Guest(vm=vm, arch=arch, accel_name=accel.name, release=release, boot_dmesg=dmesg,
                             tools_img=Path(tools_img) if tools_img else None, tools_required=require_tools,
@@ -273,7 +272,7 @@ def boot_guest(vm: Vm, *, arch: Arch, accel: Accel, release: str, timeout: float
     result = run_one(BOOT_CHECK, boot, evidence=ev)
     if not result.ok and not ev.get("console_tail"):
         ev["console_tail"] = vm.console_tail()
-    ev["seconds_since_qemu_start"] = round(time.monotonic() - vm.started, 2)
+    ev["seconds_since_qemu_start"] = round(vm.clock.elapsed, 2)
     return result, (guests[0] if guests and result.ok else None)
 
 

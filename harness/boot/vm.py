@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -36,6 +35,7 @@ from harness.arch import Arch
 from harness.boot.console import Console, GuestCrashed
 from harness.boot.qmp import Qmp
 from harness.errors import HarnessError, InfraError, InvalidArgument, QemuDied, ToolMissing
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class Vm:
         logfh.write(f"$ {proc.quote(argv)}\n")
         logfh.flush()
         LOG.info("[qemu] $ %s", proc.quote(argv))
-        self.started = time.monotonic()
+        self.clock = Timer.begin()  # since QEMU was started
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfh,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=_die_with_harness)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from harness import proc
+from harness import proc, progress
 from harness.arch import Arch
 from harness.compute import binfmt
 from harness.errors import InfraError
@@ -334,7 +334,7 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
                     done = binfmt.ensure(arch, log=log)
                     binfmt.verify(arch, log=log)
                     LOG.info("binfmt_misc handler for %s: %s", arch.name, done)
-                prog = proc.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
+                prog = progress.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
                 print(f"building the compute root image {path.name} (cold: several minutes); log {log}", file=out)
 
                 def on_line(line: str) -> None:

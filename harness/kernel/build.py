@@ -30,7 +30,7 @@ from harness.fsutil import atomic_copy, exclusive_lock, sha256_file
 from harness.kernel import kconfig, source, tree
 from harness.kernel.patches import Series
 from harness.layout import cache_root
-from harness.progress import timed
+from harness.progress import Progress, timed
 from harness.tools.spec import FILES_NAME, IMAGE_NAME, MANIFEST_NAME
 
 LOG = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class _MakeProgress:
     """Counts kbuild's per-object lines; estimates a percentage from the previous build's count."""
 
     def __init__(self, label: str, expected: int | None):
-        self.bar = proc.Progress(label)
+        self.bar = Progress(label)
         self.expected = expected
 
     def __call__(self, line: str) -> None:

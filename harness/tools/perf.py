@@ -12,6 +12,7 @@ from harness.arch import Arch
 from harness.errors import BuildFailed, CommandFailed, CommandTimeout, InfraError
 from harness.fsutil import exclusive_lock
 from harness.layout import cache_root
+from harness.progress import Progress
 from harness.tools.kbuild import PERF_TIMEOUT, KernelBuild
 
 # perf: what the harness switches off on every arch, and why (README: docs/tools-image.md).
@@ -101,7 +102,7 @@ def build_perf(kb: KernelBuild, *, jobs: int, log: Path) -> tuple[Path, dict[str
     sysroot = perf_sysroot(kb.arch)
     objdir = perf_objdir(kb.arch, kb.tree, sysroot)
     objdir.mkdir(parents=True, exist_ok=True)
-    progress = proc.Progress(f"perf ({kb.arch.name})")
+    progress = Progress(f"perf ({kb.arch.name})")
     with exclusive_lock(objdir.with_name(objdir.name + ".lock"), step="tools-perf", what=f"perf objdir {objdir}"):
         try:
             proc.run(perf_argv(kb.arch, kb.tree, objdir, jobs, sysroot), step="tools-perf", log=log,

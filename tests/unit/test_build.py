@@ -89,8 +89,8 @@ def test_make_env_is_reproducible(world, tmp_path, monkeypatch):
 
 
 def test_progress_counts_kbuild_lines(monkeypatch):
-    stream, real = io.StringIO(), build.proc.Progress
-    monkeypatch.setattr(build.proc, "Progress", lambda label: real(label, stream=stream, interval=0))
+    stream, real = io.StringIO(), build.Progress
+    monkeypatch.setattr(build, "Progress", lambda label: real(label, stream=stream, interval=0))
     p = build._MakeProgress("build amd64/test", expected=4)
     for line in ["make[1]: Entering directory '/o'", "  SYNC    include/config/auto.conf",
                  "  CC      kernel/fork.o", "  CC [M]  drivers/virtio/virtio_mem.o", "  LD [M]  fs/x.ko",

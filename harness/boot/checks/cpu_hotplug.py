@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 from harness.boot.checks import Check, Guest, Skip, cpu_list
 from harness.check import Evidence
 from harness.errors import CheckFailed, InfraError
+from harness.progress import Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -146,11 +146,11 @@ def qmp(guest: Guest, ev: Evidence) -> None:
     before = _scheduler_agrees(guest, step, ev, "before")
     args = {"driver": slot["type"], "id": HOTPLUG_DEVICE_ID, **slot["props"]}
     ev["device_add"] = args
-    plugged = time.monotonic()
+    plugged = Timer.begin()
     guest.qmp.execute("device_add", args)
     guest.console.wait_until(f'[ "$(cat {SYS}/present)" != "{present_text}" ]', timeout=20, step=step,
                              what="the guest sees the new vCPU")
-    ev["seconds_plug_to_present"] = round(time.monotonic() - plugged, 3)
+    ev["seconds_plug_to_present"] = round(plugged.elapsed, 3)
     new = _cpus(guest, "present", step) - present
     ev["new_cpu"] = _fmt(new)
     if len(new) != 1:
@@ -163,7 +163,7 @@ def qmp(guest: Guest, ev: Evidence) -> None:
     if up != before | {cpu}:
         raise CheckFailed(f"after hot-adding CPU {cpu}, online is {_fmt(up)}", step=step)
     # device_add -> present -> onlined and seen online by the scheduler (host clock, console round trips included)
-    ev["seconds_plug_to_online"] = round(time.monotonic() - plugged, 3)
+    ev["seconds_plug_to_online"] = round(plugged.elapsed, 3)
     _expect_runs_on(guest, cpu, step, ev)
     guest.qmp.execute("device_del", {"id": HOTPLUG_DEVICE_ID})
     # QEMU 10 reports the vCPU's removal as DEVICE_DELETED of its child (.../hotcpu0/lapic); the

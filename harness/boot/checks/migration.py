@@ -453,17 +453,17 @@ def migration(guest: Guest, ev: Evidence) -> None:
         guest.qmp.execute("qom-set", {"path": VIRTIO_MEM_QOM, "property": "requested-size", "value": grow})
 
     _migrate(guest, dest, r2, step, before_migrate=resize)
-    arrived = time.monotonic()
+    arrived = Timer.begin()
     _arrived(guest, r2, step, clock0, dmesg0)
     r2["device_size_mib_on_arrival"] = device_size(guest.qmp) // MIB
     timeout = VIRTIO_MEM_RETRY_SECONDS + RESIZE_TIMEOUT * guest.console.scale
     if device_size(guest.qmp) != grow:
-        left = max(1.0, timeout - (time.monotonic() - arrived))
+        left = max(1.0, timeout - arrived.elapsed)
         event = guest.qmp.wait_event("MEMORY_DEVICE_SIZE_CHANGE", timeout=left, step=step,
                                      match=lambda d: d.get("id") == VIRTIO_MEM_ID and d.get("size") == grow)
         r2["size_change_event"] = event is not None
     r2["device_size_mib_after"] = device_size(guest.qmp) // MIB
-    r2["resize_seconds_after_arrival"] = round(time.monotonic() - arrived, 2)
+    r2["resize_seconds_after_arrival"] = round(arrived.elapsed, 2)
     if r2["device_size_mib_after"] != GROW_MIB:
         raise CheckFailed(f"the resize to {GROW_MIB} MiB in flight during the migration did not complete in "
                           f"{guest.vm.tag}: the device is at {r2['device_size_mib_after']} MiB {timeout:.0f}s after "
@@ -471,7 +471,7 @@ def migration(guest: Guest, ev: Evidence) -> None:
                           step=step)
     wait_memtotal(guest, base_kib + grow // 1024, step=step, what=f"MemTotal follows the resize in {guest.vm.tag}")
     r2["memtotal_kib_after"] = memtotal(guest, step)
-    r2["resize_and_memtotal_seconds_after_arrival"] = round(time.monotonic() - arrived, 2)
+    r2["resize_and_memtotal_seconds_after_arrival"] = round(arrived.elapsed, 2)
     _dmesg_clean(guest, r2, step, dmesg0)
     _shrink(guest, r2, step, base_kib)
     ev["final_vm"] = guest.vm.tag
