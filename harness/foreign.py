@@ -107,7 +107,7 @@ def unpacked(arch: Arch, name: str, packages: Sequence[str], *, verify: Callable
             LOG.warning("cached %s fails its check (%s); fetching again", root, exc.message)
     log = base / "fetch.log"
     with _waiting_lock(base / ".lock", step=step, what=f"{name} cache for {arch.name}"):
-        with fsutil.atomic_dir(root) as new_root:
+        with fsutil.atomic_dir(root, locked=True) as new_root:
             debs = download_and_unpack(arch.debian_arch, packages, new_root, step=step, log=log)
             verify(new_root)
             stamp.unlink(missing_ok=True)  # never a stamp beside a root it does not describe

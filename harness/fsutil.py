@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -75,24 +76,36 @@ def atomic_output(path: Path, *, fsync: bool = False, mode: int | None = None) -
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path, *, create: bool = True) -> Iterator[Path]:
+def atomic_dir(final: Path, *, create: bool = True, locked: bool = False) -> Iterator[Path]:
     """Yield a staging directory beside ``final``; when the block succeeds it replaces ``final``.
 
     The directory form of :func:`atomic_output`: on any failure (or interrupt) the staging directory is
     removed and ``final`` is left as it was, so a half-written tree never sits at ``final``. An existing
     ``final`` is moved aside and removed only once the new one is in place. With ``create=False`` the
     staging path is yielded without being made (for tools that refuse an existing directory).
+    ``locked``: the caller holds the lock that serialises writers of ``final``, so staging directories
+    left by writers that were killed (SIGKILL, power loss) are removed first.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    prefix = f".{final.name}."
+    if locked:
+        for stale in final.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     staging = work / final.name
     try:
         if create:
             staging.mkdir()
         yield staging
+        old = work / ".old"
         if final.exists() or final.is_symlink():
-            os.replace(final, work / ".old")
-        os.replace(staging, final)
+            os.replace(final, old)
+        try:
+            os.replace(staging, final)
+        except BaseException:
+            if old.exists() or old.is_symlink():
+                os.replace(old, final)  # the previous one stays where it was
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

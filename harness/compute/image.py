@@ -266,7 +266,7 @@ def _take_cloud_kernel(tree: Path, dest: Path, *, step: str) -> str:
     initrd = tree / "boot" / f"initrd.img-{release}"
     if not initrd.is_file():
         raise InfraError(f"the image has no {initrd.name} (initramfs-tools did not run)", step=step)
-    with atomic_dir(dest) as staging:
+    with atomic_dir(dest, locked=True) as staging:  # under the image lock
         shutil.copyfile(kernels[0], staging / "vmlinuz")
         shutil.copyfile(initrd, staging / "initrd.img")
         (staging / "release").write_text(release + "\n")

@@ -40,7 +40,7 @@ def prepare(source: Source, series: Series, *, log: Path) -> Path:
             return final
         if final.exists():  # left by an older, interrupted layout: not trusted
             shutil.rmtree(final)
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, locked=True) as tmp:
             LOG.info("[%s] unpacking %s", STEP, source.path)
             try:
                 proc.run(["tar", "-xf", source.path, "-C", tmp, "--strip-components=1"],
