@@ -47,7 +47,7 @@ def timed(durations: dict[str, float], name: str, *, digits: int = 2) -> Iterato
         try:
             yield t
         finally:
-            durations[name] = round(time.monotonic() - t.start, digits)
+            durations[name] = round(t.elapsed, digits)
 
 
 class Progress:

@@ -37,11 +37,12 @@ PGBENCH_SECONDS = 15
 WORKLOADS = {"read-only": ["-S"], "tpc-b": []}
 
 
-def one_boot(arch: Arch, out: Path, kernel: str, img: image.RootImage, work: Path, tag: str) -> dict[str, Any]:
+def one_boot(arch: Arch, built: manifest.Manifest, kernel: str, img: image.RootImage, work: Path,
+             tag: str) -> dict[str, Any]:
     """Boot ``kernel`` from fresh disks; seconds to Postgres ready and pgbench tps per workload."""
     logs = work / tag / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    vmlinuz, initrd, release = compute.kernel_files(kernel, arch, out, img)
+    vmlinuz, initrd, release = compute.kernel_files(kernel, built, img)
     disks = runner.make_disks(work / tag / "disks", arch, img.path, tools=None, log=logs / "disks.log")
     acc = detect_accel(arch, "tcg")
     vm = compute.boot(arch, acc, kernel=vmlinuz, initrd=initrd, disks=disks, log_dir=logs, tag=tag)
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "seconds": PGBENCH_SECONDS}}
     try:
         checks.require_host(STEP)
+        built = manifest.read(out, arch, step=STEP)
         with Timer() as first:
             img = image.ensure(arch, log_dir=work)
         with Timer() as lookup:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in compute.KERNELS}
         for i in range(args.rounds):  # alternated, so that background load hits both alike
             for kernel in compute.KERNELS:
-                rec = one_boot(arch, out, kernel, img, work, f"{kernel}-{i}")
+                rec = one_boot(arch, built, kernel, img, work, f"{kernel}-{i}")
                 runs[kernel].append(rec)
                 print(f"round {i + 1}/{args.rounds} {kernel}: ready {rec['ready_s']:.2f}s, tps read-only "
                       f"{rec['tps_read-only']:.1f}, tpc-b {rec['tps_tpc-b']:.1f}", flush=True)

@@ -23,13 +23,12 @@ from harness.boot.checks.memory_stress import DMESG_BAD, SYS_CPU, guest_pattern
 from harness.boot.checks.memory_stress import resize as resize_virtio_mem
 from harness.boot.console import GuestTimeout, scan_failures
 from harness.boot.vm import Vm
-from harness.check import Skip
+from harness.check import Evidence, Skip
 from harness.compute import image
 from harness.errors import CheckFailed, CommandFailed, CommandTimeout, HarnessError, InfraError
 from harness.progress import Timer
 from harness.tools import spec
 
-Evidence = dict[str, Any]
 READY_RE = re.compile(f"({re.escape(image.READY_MARKER)}|{re.escape(image.FAILED_MARKER)}[^\r\n]*)")
 PG_READY_TIMEOUT = 300.0  # seconds from QEMU start to the init's "postgres ready" (unscaled; TCG)
 PSQL_TIMEOUT = 30.0  # seconds of host-side retries once the guest says Postgres is up

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from harness import proc, progress
+from harness import proc
 from harness.arch import Arch
 from harness.compute import binfmt
 from harness.errors import InfraError
 from harness.fsutil import atomic_dir, atomic_output, atomic_write_json, exclusive_lock
 from harness.layout import cache_root
-from harness.progress import Timer
+from harness.progress import Progress, Timer
 
 LOG = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def ensure(arch: Arch, *, log_dir: Path, stream: TextIO | None = None) -> RootIm
                     done = binfmt.ensure(arch, log=log)
                     binfmt.verify(arch, log=log)
                     LOG.info("binfmt_misc handler for %s: %s", arch.name, done)
-                prog = progress.Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
+                prog = Progress(f"compute image (mmdebstrap {SUITE}, {len(packages(arch))} packages)")
                 print(f"building the compute root image {path.name} (cold: several minutes); log {log}", file=out)
 
                 def on_line(line: str) -> None:

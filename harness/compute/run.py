@@ -67,12 +67,12 @@ class ComputeVm(Vm):
                                 initrd=self.spec.initrd)
 
 
-def kernel_files(kernel: str, arch: Arch, out_dir: Path, img: image.RootImage) -> tuple[Path, Path | None, str]:
-    """(vmlinuz, initrd or None, release) of ``kernel``: the build in ``out_dir``, or Debian's from the image."""
+def kernel_files(kernel: str, built: manifest.Manifest, img: image.RootImage) -> tuple[Path, Path | None, str]:
+    """(vmlinuz, initrd or None, release) of ``kernel``: the ``built`` one, or Debian's from the image."""
     if kernel == "debian-cloud":
         cloud = img.cloud_kernel
         return cloud.vmlinuz, cloud.initrd, cloud.release
-    return out_dir / "vmlinuz", None, manifest.read(out_dir, arch, step="compute-test").kernelrelease
+    return built.out_dir / "vmlinuz", None, built.kernelrelease
 
 
 def boot(arch: Arch, acc: Accel, *, kernel: Path, initrd: Path | None, disks: runner.Disks, log_dir: Path,
@@ -114,7 +114,7 @@ def compute_test(arch: Arch, out_dir: Path, *, kernel: str = "ours", accel: str 
         if not img:
             results += [skipped(n, "no root image (see check image)") for n in names[1:]]
             raise _Done
-        vmlinuz, initrd, meta["kernelrelease"] = kernel_files(kernel, arch, out_dir, img[0])
+        vmlinuz, initrd, meta["kernelrelease"] = kernel_files(kernel, built, img[0])
         with timed(durations, "disks"):
             disks = runner.make_disks(res_dir / "disks", arch, img[0].path, tools=out_dir / "tools.img",
                                       log=logs / "disks.log")
